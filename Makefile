@@ -1,0 +1,23 @@
+# Two entry points, each setting up .venv first: `make demo` (the main job) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# Tests and demos never reach the Hub; torch with 2 threads is erratic on small machines.
+export HF_HUB_OFFLINE := 1
+export OMP_NUM_THREADS := 1
+
+.PHONY: setup demo test
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Annotates scikit-image's bundled photographs (installed with the package) into ./demo-dataset.
+demo: setup
+	$(VENV)/bin/cn-annotate canny "$$($(PY) -c 'import skimage.data, os; print(os.path.dirname(skimage.data.__file__))')/astronaut.png" -o demo-canny.png
+
+test: setup
+	$(PY) -m pytest

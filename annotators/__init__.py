@@ -1,0 +1,118 @@
+"""ControlNet condition-map annotators: a lazy registry and a factory.
+
+    >>> import annotators
+    >>> canny = annotators.create("canny", low_threshold=50)
+    >>> maps = canny([rgb_uint8_image])
+
+Built-in annotators are named here by ``module:attribute`` so that listing them imports only their
+small modules (heavy dependencies such as torch load inside ``load``/first call). Third-party
+annotators register through the ``cn_annotate.annotators`` entry-point group, whose names are the
+annotator ids and whose values point at :class:`annotators.base.Annotator` subclasses.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+from annotators.base import Annotation, Annotator, AnnotatorConfig, param
+
+__all__ = [
+    "Annotation",
+    "Annotator",
+    "AnnotatorConfig",
+    "AnnotatorInfo",
+    "UnknownAnnotatorError",
+    "available",
+    "create",
+    "get_class",
+    "names",
+    "param",
+]
+
+ENTRY_POINT_GROUP = "cn_annotate.annotators"
+
+_BUILTIN: dict[str, str] = {
+    "canny": "annotators.canny:Canny",
+    "scribble_xdog": "annotators.xdog:ScribbleXDoG",
+    "threshold": "annotators.threshold:Threshold",
+    "invert": "annotators.threshold:Invert",
+    "binary": "annotators.threshold:Binary",
+    "blur_gaussian": "annotators.blur:BlurGaussian",
+    "tile_resample": "annotators.tile:TileResample",
+    "color_grid": "annotators.color_grid:ColorGrid",
+    "lineart_standard": "annotators.lineart_standard:LineartStandard",
+    "shuffle": "annotators.shuffle:Shuffle",
+    "hough": "annotators.hough:Hough",
+}
+
+
+class UnknownAnnotatorError(KeyError):
+    """Raised by :func:`create` for an id that is neither built in nor installed as a plug-in."""
+
+    def __init__(self, name: str) -> None:
+        known = names()
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(f"unknown annotator {name!r}.{hint} Available: {', '.join(known)}")
+        self.name = name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class AnnotatorInfo:
+    name: str
+    description: str
+    needs_weights: bool
+    source: str  # "builtin" or the distribution providing the plug-in
+
+
+@cache
+def _plugins() -> dict[str, tuple[str, str]]:
+    """id -> (module:attr, distribution) for installed plug-ins; built-in ids cannot be shadowed."""
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _BUILTIN:
+            found[ep.name] = (ep.value, ep.dist.name if ep.dist else "unknown")
+    return found
+
+
+def names() -> list[str]:
+    """Every annotator id, built-in ones first."""
+    return list(_BUILTIN) + sorted(_plugins())
+
+
+def get_class(name: str) -> type[Annotator]:
+    """The annotator class registered under ``name``, importing its module on first use."""
+    if name in _BUILTIN:
+        target = _BUILTIN[name]
+    elif name in _plugins():
+        target = _plugins()[name][0]
+    else:
+        raise UnknownAnnotatorError(name)
+    module_name, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Annotator)):
+        raise TypeError(f"{target} registered as annotator {name!r} is not an Annotator subclass")
+    return cls
+
+
+def create(name: str, **params: Any) -> Annotator:
+    """Build the annotator ``name``; ``params`` override its config's reference defaults."""
+    return get_class(name)(**params)
+
+
+def available() -> list[AnnotatorInfo]:
+    """Every annotator with its one-line description and whether it needs weights."""
+    infos = []
+    for name in names():
+        cls = get_class(name)
+        source = "builtin" if name in _BUILTIN else _plugins()[name][1]
+        infos.append(AnnotatorInfo(name, cls.description, cls.needs_weights, source))
+    return infos

@@ -1,0 +1,196 @@
+"""The annotator contract: config dataclasses with validated parameters, and the batched base class.
+
+An annotator is a thin object holding a frozen config (and, for neural ones, weights). Subclasses
+implement ``_maps`` (or ``_annotate`` when they also find structured data such as keypoints); the
+base class validates the batch once and keeps the public surface identical for every annotator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "param", "image_seed"]
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    le: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    choices: Sequence[Any] | None = None,
+    runtime: bool = False,
+) -> Any:
+    """A config field carrying its help text and valid range, checked by ``AnnotatorConfig``.
+
+    ``runtime`` marks options that change how, not what, is computed (device, batch size, weights
+    location); they are left out of :meth:`AnnotatorConfig.identity`.
+    """
+    metadata = {
+        "help": help,
+        "ge": ge,
+        "le": le,
+        "gt": gt,
+        "lt": lt,
+        "choices": tuple(choices) if choices else None,
+        "runtime": runtime,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _describe_range(meta: dict[str, Any]) -> str:
+    if meta["choices"] is not None:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    low = f"[{meta['ge']}" if meta["ge"] is not None else (f"({meta['gt']}" if meta["gt"] is not None else "(-inf")
+    high = f"{meta['le']}]" if meta["le"] is not None else (f"{meta['lt']})" if meta["lt"] is not None else "inf)")
+    return f"in {low}, {high}"
+
+
+def _in_range(value: Any, meta: dict[str, Any]) -> bool:
+    if meta["choices"] is not None:
+        return value in meta["choices"]
+    checks = (("ge", value.__ge__), ("le", value.__le__), ("gt", value.__gt__), ("lt", value.__lt__))
+    return all(meta[bound] is None or compare(meta[bound]) is True for bound, compare in checks)
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    """Base of every annotator config: fields declared with :func:`param` are validated once, here."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            meta = field.metadata
+            if "help" not in meta:
+                continue
+            value = getattr(self, field.name)
+            expected = type(field.default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, field.name, float(value))
+                value = float(value)
+            if field.default is None:  # optional parameters such as a weights path
+                if value is None:
+                    continue
+            elif not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+                raise ValueError(
+                    f"{type(self).__name__}.{field.name} must be {expected.__name__}, got {value!r}"
+                )
+            if not _in_range(value, meta):
+                raise ValueError(f"{type(self).__name__}.{field.name}={value!r} is invalid: must be {_describe_range(meta)}")
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(name, default, help with range)`` for each parameter, for CLIs and docs."""
+        rows = []
+        for field in dataclasses.fields(cls):
+            if "help" in field.metadata:
+                meta = field.metadata
+                has_range = meta["choices"] is not None or any(meta[b] is not None for b in ("ge", "le", "gt", "lt"))
+                help_text = meta["help"] + (f" ({_describe_range(meta)})" if has_range else "")
+                rows.append((field.name, field.default, help_text))
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The parameters that determine the output, i.e. all but the ``runtime`` ones."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("runtime")}
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One annotated image: the condition map, plus structured data for annotators that find it."""
+
+    map: np.ndarray
+    data: dict[str, Any] | None = None
+
+
+def image_seed(image: np.ndarray, seed: int) -> int:
+    """A seed derived from the pixels and a user seed, so randomised annotators give the same map for
+    the same image whatever its position in a batch or a rebuild."""
+    digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=8, key=seed.to_bytes(8, "little", signed=True))
+    return int.from_bytes(digest.digest(), "little")
+
+
+def check_image(image: Any, index: int) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        got = f"{image.dtype} array of shape {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"image {index}: expected an HxWx3 uint8 RGB array, got {got}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image {index}: empty image of shape {image.shape}")
+    return image
+
+
+class Annotator:
+    """Base class: holds a validated config; ``__call__`` maps a batch of RGB images to condition maps.
+
+    Subclass attributes:
+        name: the registry id.
+        description: one line for listings.
+        Config: the frozen config dataclass; its defaults reproduce the reference.
+        needs_weights: whether the annotator loads a checkpoint.
+        grayscale: the map's three channels are equal, so it may be stored single-channel.
+        finds_data: ``annotate`` returns structured data (e.g. OpenPose keypoints) besides the map.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type[AnnotatorConfig]]
+    needs_weights: ClassVar[bool] = False
+    grayscale: ClassVar[bool] = False
+    finds_data: ClassVar[bool] = False
+
+    def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
+        if config is not None and params:
+            raise TypeError("pass either a config or keyword parameters, not both")
+        if config is None:
+            known = {f.name for f in dataclasses.fields(self.Config)}
+            unknown = sorted(set(params) - known)
+            if unknown:
+                raise ValueError(
+                    f"{self.name}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(known)) or 'none'}"
+                )
+            config = self.Config(**params)
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"{self.name}: expected {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Condition maps (HxWx3 uint8) for a batch of HxWx3 uint8 RGB images."""
+        return [annotation.map for annotation in self.annotate(images)]
+
+    def annotate(self, images: Sequence[np.ndarray]) -> list[Annotation]:
+        """Like ``__call__``, but each result also carries the structured data the annotator found."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError("expected a list of images; wrap a single image as [image]")
+        batch = [check_image(image, i) for i, image in enumerate(images)]
+        if not batch:
+            return []
+        return self._annotate(batch)
+
+    def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
+        return [Annotation(m) for m in self._maps(images)]
+
+    def _maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} implements neither _maps nor _annotate")
+
+
+class PerImageAnnotator(Annotator):
+    """An annotator whose functional core works on one image at a time (classical image operators)."""
+
+    def _maps(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        return [self._map(image) for image in images]
+
+    def _map(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError

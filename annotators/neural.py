@@ -1,0 +1,136 @@
+"""Shared machinery of the neural annotators: runtime config, lazy weight loading, batching by shape.
+
+A neural annotator declares the checkpoint files it needs (names in ``lllyasviel/Annotators``),
+builds its network in ``_build`` from the loaded checkpoints, and runs batches in ``_forward``.
+Weights load on first call (or an explicit ``load()``), never in the constructor, so creating an
+annotator never touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from annotators.base import Annotation, Annotator, AnnotatorConfig, param
+from annotators.weights import find_checkpoint, is_checkpoint_present, load_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["NeuralAnnotator", "NeuralConfig", "batches_by_shape"]
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class NeuralConfig(AnnotatorConfig):
+    """Runtime options shared by every neural annotator; they do not change the maps' meaning
+    (``runtime`` fields are left out of a dataset build's identity)."""
+
+    weights: str | None = param(None, "checkpoint file or folder (default: $CN_ANNOTATE_WEIGHTS, then the Hub cache)", runtime=True)
+    device: str = param("cpu", "torch device: cpu, cuda, cuda:N or mps", runtime=True)
+    dtype: str = param("float32", "compute dtype; half precision needs a GPU", choices=("float32", "float16", "bfloat16"), runtime=True)
+    batch_size: int = param(8, "images per forward pass", ge=1, runtime=True)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not _DEVICE_PATTERN.match(self.device):
+            raise ValueError(f"{type(self).__name__}.device={self.device!r} is invalid: must be cpu, cuda, cuda:N or mps")
+        if self.device == "cpu" and self.dtype != "float32":
+            raise ValueError(f"{type(self).__name__}.dtype={self.dtype!r} is invalid on cpu: must be 'float32'")
+
+
+def batches_by_shape(images: Sequence[np.ndarray], batch_size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """Group images of equal shape into batches of at most ``batch_size``, yielding their indices so
+    results can be put back in input order. Mixed sizes thus never need padding."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, image in enumerate(images):
+        groups[image.shape].append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            yield chunk, [images[i] for i in chunk]
+
+
+class NeuralAnnotator(Annotator):
+    """Base of annotators that run a network. Subclasses set ``checkpoints`` and implement
+    ``_build`` (network from checkpoints, strict load) and ``_forward`` (a same-shape batch to
+    maps, or to :class:`Annotation` results when ``finds_data``)."""
+
+    Config: ClassVar[type[NeuralConfig]] = NeuralConfig
+    needs_weights: ClassVar[bool] = True
+    #: file names in the ``lllyasviel/Annotators`` repo, in the order ``_build`` receives them
+    checkpoints: ClassVar[tuple[str, ...]] = ()
+    #: licence of the published weights, shown in listings and dataset cards
+    weights_license: ClassVar[str] = "see the annotator's source header"
+
+    config: NeuralConfig
+
+    def __init__(self, config: NeuralConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        self._model: torch.nn.Module | None = None
+
+    @classmethod
+    def weights_present(cls, weights: str | None = None) -> bool:
+        """Whether every checkpoint can be found without the network."""
+        return all(is_checkpoint_present(name, weights) for name in cls.checkpoints)
+
+    def checkpoint_paths(self) -> list[Path]:
+        return [find_checkpoint(name, self.config.weights) for name in self.checkpoints]
+
+    @property
+    def torch_device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.config.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        import torch
+
+        return getattr(torch, self.config.dtype)
+
+    def load(self) -> NeuralAnnotator:
+        """Find, read and strictly load the checkpoints now (otherwise done on first call)."""
+        if self._model is None:
+            paths = self.checkpoint_paths()
+            model = self._build([load_checkpoint(p) for p in paths], [str(p) for p in paths])
+            self._model = model.eval().requires_grad_(False).to(self.torch_device, self.torch_dtype)
+        return self
+
+    @property
+    def model(self) -> torch.nn.Module:
+        self.load()
+        assert self._model is not None
+        return self._model
+
+    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
+        import torch
+
+        model = self.model
+        results: list[Annotation | None] = [None] * len(images)
+        with torch.inference_mode():
+            for indices, batch in batches_by_shape(images, self.config.batch_size):
+                for index, result in zip(indices, self._forward(model, batch)):
+                    results[index] = result if isinstance(result, Annotation) else Annotation(result)
+        return results  # type: ignore[return-value]
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray | Annotation]:
+        """Run one batch of same-shape HxWx3 uint8 images through ``model``."""
+        raise NotImplementedError
+
+    def to_tensor(self, batch: list[np.ndarray]) -> torch.Tensor:
+        """A same-shape batch as an NCHW float tensor (0..255 values) on the annotator's device and dtype."""
+        import torch
+
+        stacked = torch.from_numpy(np.stack(batch)).to(self.torch_device)
+        return stacked.permute(0, 3, 1, 2).to(self.torch_dtype)

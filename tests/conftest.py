@@ -1,0 +1,25 @@
+import os
+
+# Tests never reach the Hub, and torch is erratic with 2 threads on the CI machines.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[np.ndarray]:
+    """Real photographs bundled with scikit-image, as HxWx3 uint8 RGB, of varied sizes."""
+    from skimage import data
+
+    from annotators.image import hwc3
+
+    return [hwc3(data.astronaut()), hwc3(data.coffee()), hwc3(data.chelsea()), hwc3(data.camera())[:300, :400].copy()]

@@ -1,0 +1,147 @@
+"""Access to the reference fixtures in ``shared/parity`` and the tolerances its README suggests.
+
+The seeded weights are rebuilt from each case's manifest with the README's rule, written as a
+checkpoint in the published key layout, and then loaded through the same path users take.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parity_root() -> Path:
+    """``$CN_PARITY_DIR``, else ``shared/parity`` beside the repository (as CI checks it out)."""
+    root = Path(os.environ.get("CN_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
+    if not (root / "index.json").is_file():
+        raise FileNotFoundError(f"parity fixtures not found at {root}; set CN_PARITY_DIR")
+    return root
+
+
+@dataclass
+class Case:
+    name: str
+    path: Path
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @cached_property
+    def golden(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "golden.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    @cached_property
+    def input_rgb(self) -> np.ndarray:
+        from annotators.image import load_image
+
+        return load_image(self.path / "input.png")
+
+    @cached_property
+    def checksums(self) -> list[list[Any]]:
+        return json.loads((self.path / "seeded_checksums.json").read_text())["rows"]
+
+
+def case(name: str) -> Case:
+    path = parity_root() / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"no parity case {name!r} in {parity_root()}")
+    return Case(name, path)
+
+
+def seeded_arrays(manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The README's seeded weights, in the manifest's (model ``state_dict``) key order."""
+    rng = np.random.default_rng(manifest["seed"])
+    out: dict[str, np.ndarray] = {}
+    for key, shape, dtype in manifest["keys"]:
+        shape = tuple(shape)
+        if key.endswith("num_batches_tracked"):
+            value = np.zeros(shape, np.int64)
+        elif key.endswith("running_mean"):
+            value = 0.1 * rng.standard_normal(shape)
+        elif key.endswith("running_var"):
+            value = 1.0 + 0.1 * np.abs(rng.standard_normal(shape))
+        elif len(shape) >= 2 and key.endswith("weight"):
+            value = rng.standard_normal(shape) * math.sqrt(2.0 / math.prod(shape[1:]))
+        elif len(shape) >= 2:
+            value = 0.02 * rng.standard_normal(shape)
+        elif key.endswith("weight"):
+            value = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            value = 0.1 * rng.standard_normal(shape)
+        out[key] = np.asarray(value).astype(dtype)
+    return out
+
+
+def check_seeded(c: Case, arrays: dict[str, np.ndarray]) -> None:
+    """Compare the rebuilt weights with the case's ``seeded_checksums.json``."""
+    for (key, total, total_abs, first, last), (name, value) in zip(c.checksums, arrays.items(), strict=True):
+        assert key == name, (key, name)
+        flat = value.reshape(-1).astype(np.float64)
+        if flat.size:
+            np.testing.assert_allclose([flat.sum(), np.abs(flat).sum()], [total, total_abs], rtol=1e-9, atol=1e-9, err_msg=key)
+            assert flat[0] == first and flat[-1] == last, key
+
+
+def write_published_checkpoint(c: Case, path: Path) -> Path:
+    """Write the seeded weights under the published checkpoint's key names and container."""
+    import torch
+
+    arrays = seeded_arrays(c.manifest)
+    check_seeded(c, arrays)
+    names = [k for k, _ in c.manifest["checkpoint_keys"]] if "checkpoint_keys" in c.manifest else list(arrays)
+    state = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in zip(names, arrays.values(), strict=True)}
+    container = next((m.get("container", "") for m in c.manifest.get("checkpoint_key_map", []) if "container" in m), "")
+    if "['state_dict']" in container:
+        state = {"state_dict": state}
+    elif "['model']" in container:
+        state = {"model": state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+# Tolerances from the parity README.
+def assert_raw_close(actual: np.ndarray, golden: np.ndarray, name: str = "") -> None:
+    """Raw float outputs (logits, heatmaps, depth): |a-g| <= 1e-4*max|g| + 1e-5."""
+    actual = np.asarray(actual, np.float64)
+    golden = np.asarray(golden, np.float64)
+    assert actual.shape == golden.shape, (name, actual.shape, golden.shape)
+    bound = 1e-4 * np.abs(golden).max() + 1e-5
+    worst = np.abs(actual - golden).max()
+    assert worst <= bound, f"{name}: max |diff| {worst:.3g} > {bound:.3g}"
+
+
+def assert_sigmoid_close(actual: np.ndarray, golden: np.ndarray, name: str = "") -> None:
+    """Sigmoid/tanh-domain outputs: atol 1e-3."""
+    assert actual.shape == golden.shape, (name, actual.shape, golden.shape)
+    worst = np.abs(np.asarray(actual, np.float64) - golden).max()
+    assert worst <= 1e-3, f"{name}: max |diff| {worst:.3g} > 1e-3"
+
+
+def assert_f16_close(actual: np.ndarray, golden_f16: np.ndarray, name: str = "") -> None:
+    """float16 references: compared in float32 with atol 2e-3*max|g|."""
+    golden = golden_f16.astype(np.float32)
+    assert actual.shape == golden.shape, (name, actual.shape, golden.shape)
+    bound = 2e-3 * np.abs(golden).max()
+    worst = np.abs(np.asarray(actual, np.float32) - golden).max()
+    assert worst <= bound, f"{name}: max |diff| {worst:.3g} > {bound:.3g}"
+
+
+def assert_maps_agree(actual: np.ndarray, golden: np.ndarray, min_fraction: float = 0.995, name: str = "") -> float:
+    """Final uint8 maps: at least ``min_fraction`` of the pixels identical. Returns the fraction."""
+    assert actual.shape == golden.shape, (name, actual.shape, golden.shape)
+    assert actual.dtype == golden.dtype == np.uint8, (name, actual.dtype)
+    fraction = float((actual == golden).mean())
+    assert fraction >= min_fraction, f"{name}: {fraction:.5%} identical pixels < {min_fraction:.3%}"
+    return fraction
