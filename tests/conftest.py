@@ -23,3 +23,11 @@ def photos() -> list[np.ndarray]:
     from annotators.image import hwc3
 
     return [hwc3(data.astronaut()), hwc3(data.coffee()), hwc3(data.chelsea()), hwc3(data.camera())[:300, :400].copy()]
+
+
+@pytest.fixture(scope="session")
+def seeded_weights(tmp_path_factory: pytest.TempPathFactory):
+    """Seeded stand-ins for the published checkpoints, in one folder, written on first use."""
+    from tests.parity import SeededWeights
+
+    return SeededWeights(tmp_path_factory.mktemp("seeded-weights"))

@@ -145,3 +145,31 @@ def assert_maps_agree(actual: np.ndarray, golden: np.ndarray, min_fraction: floa
     fraction = float((actual == golden).mean())
     assert fraction >= min_fraction, f"{name}: {fraction:.5%} identical pixels < {min_fraction:.3%}"
     return fraction
+
+
+def checkpoint_cases() -> dict[str, str]:
+    """Published checkpoint file name -> the parity case whose seeded weights stand in for it."""
+    index = json.loads((parity_root() / "index.json").read_text())["cases"]
+    files = {}
+    for name, info in index.items():
+        if info.get("checkpoint_file"):
+            files[info["checkpoint_file"]] = name
+    files["sk_model2.pth"] = "lineart"  # the coarse model shares the lineart manifest and seed
+    return files
+
+
+class SeededWeights:
+    """A folder of seeded checkpoints under their published names, written on demand."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._cases = checkpoint_cases()
+
+    def ensure(self, filenames: tuple[str, ...] | list[str]) -> Path:
+        for filename in filenames:
+            target = self.folder / filename
+            if not target.exists():
+                if filename not in self._cases:
+                    raise KeyError(f"no parity case provides seeded weights for {filename}")
+                write_published_checkpoint(case(self._cases[filename]), target)
+        return self.folder
