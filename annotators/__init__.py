@@ -48,6 +48,14 @@ _BUILTIN: dict[str, str] = {
     "lineart_standard": "annotators.lineart_standard:LineartStandard",
     "shuffle": "annotators.shuffle:Shuffle",
     "hough": "annotators.hough:Hough",
+    "hed": "annotators.hed:HED",
+    "fake_scribble": "annotators.hed:FakeScribble",
+    "softedge_hed": "annotators.hed:SoftEdgeHED",
+    "softedge_hedsafe": "annotators.hed:SoftEdgeHEDSafe",
+    "scribble_hed": "annotators.hed:ScribbleHED",
+    "softedge_pidinet": "annotators.pidinet:SoftEdgePiDiNet",
+    "softedge_pidisafe": "annotators.pidinet:SoftEdgePiDiNetSafe",
+    "scribble_pidinet": "annotators.pidinet:ScribblePiDiNet",
 }
 
 

@@ -1,0 +1,172 @@
+"""HED soft edges and the scribbles derived from them, ControlNet's "HED boundary" and "fake scribble"
+conditions (v1.0) and the v1.1 "softedge" and "scribble" preprocessors.
+
+Method: S. Xie and Z. Tu, "Holistically-Nested Edge Detection" (ICCV 2015).
+- ``hed``, ``fake_scribble`` (ControlNet v1.0): the original VGG-16 HED on BGR input, weights
+  ``network-bsds500.pth`` from sniklaus' pytorch-hed port. **Those weights are GPL-licensed**
+  (sniklaus/pytorch-hed; ControlNet's Apache-2.0 covers only its own code), so maps made with them
+  are derived from GPL weights. ``fake_scribble`` thins, re-thickens and binarises the HED map as
+  ``gradio_fake_scribble2image.py`` does.
+- ``softedge_hed``, ``softedge_hedsafe``, ``scribble_hed`` (ControlNet v1.1): lllyasviel's re-trained
+  ``ControlNetHED_Apache2`` on RGB input, weights ``ControlNetHED.pth``, released under Apache-2.0.
+  The "safe" variant quantises the map into a few levels (``safe_step``) so that the ControlNet
+  cannot read hidden detail from faint gradients; ``scribble_hed`` applies the v1.1
+  ``gradio_scribble.py`` post-processing.
+Output: white (soft or binary) edges on black, at the input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import cv2
+import numpy as np
+
+from annotators.base import param
+from annotators.image import hwc3
+from annotators.neural import NeuralAnnotator, NeuralConfig
+from annotators.ops import safe_step, scribble_from_soft_edges
+from annotators.weights import load_strict
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "HED",
+    "FakeScribble",
+    "SafeSoftEdgeConfig",
+    "ScribbleConfig",
+    "ScribbleHED",
+    "SoftEdgeHED",
+    "SoftEdgeHEDSafe",
+    "check_min_side",
+    "scribble",
+    "to_uint8_map",
+]
+
+# Both HED networks max-pool four times, so each side must be at least 2**4 pixels.
+_HED_MIN_SIDE = 16
+
+
+@dataclass(frozen=True)
+class ScribbleConfig(NeuralConfig):
+    """Post-processing of a soft-edge map into scribble strokes; defaults are the reference's."""
+
+    nms_threshold: int = param(127, "edge strength (0..255) an edge must exceed after thinning", ge=0, le=255)
+    nms_sigma: float = param(3.0, "sigma of the blur before thinning the edges", gt=0.0, le=64.0)
+    blur_sigma: float = param(3.0, "sigma of the blur that thickens the thinned edges into strokes", gt=0.0, le=64.0)
+    stroke_threshold: int = param(4, "blurred strokes brighter than this become white", ge=0, le=254)
+
+
+@dataclass(frozen=True)
+class SafeSoftEdgeConfig(NeuralConfig):
+    safe_steps: int = param(2, "quantisation levels above black of the 'safe' map", ge=1, le=255)
+
+
+def check_min_side(batch: list[np.ndarray], min_side: int, network: str) -> None:
+    """Refuse a same-shape batch whose images are too small for ``network``'s poolings."""
+    height, width = batch[0].shape[:2]
+    if min(height, width) < min_side:
+        raise ValueError(f"{network} needs images of at least {min_side}x{min_side} pixels, got {width}x{height}")
+
+
+def to_uint8_map(probability: np.ndarray) -> np.ndarray:
+    """A [0, 1] map to uint8 by truncation, as the reference does (not rounding)."""
+    return (probability * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def scribble(edges: np.ndarray, config: ScribbleConfig) -> np.ndarray:
+    """Scribble strokes (HxW uint8, 255 / 0) from a uint8 soft-edge map, with ``config``'s settings."""
+    return scribble_from_soft_edges(edges, config.nms_threshold, config.nms_sigma, config.blur_sigma, config.stroke_threshold)
+
+
+class _HEDv10(NeuralAnnotator):
+    """The v1.0 HED network; subclasses turn its uint8 edge maps into condition maps."""
+
+    checkpoints: ClassVar[tuple[str, ...]] = ("network-bsds500.pth",)
+    weights_license: ClassVar[str] = "GPL (sniklaus/pytorch-hed port of the BSDS500 HED weights)"
+    grayscale = True
+
+    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+        from annotators.nets.hed import HEDNetwork, hed_network_state_dict
+
+        return load_strict(HEDNetwork(), checkpoints[0], hed_network_state_dict, source=sources[0])
+
+    def _edge_maps(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
+        """(N, H, W) uint8 HED maps."""
+        check_min_side(batch, _HED_MIN_SIDE, "HED")
+        bgr = self.to_tensor(batch).flip(1) / 255.0
+        return to_uint8_map(model(bgr)[:, 0].float().cpu().numpy())
+
+
+class HED(_HEDv10):
+    name = "hed"
+    description = "HED soft edges (v1.0, original BSDS500 weights; GPL weights)"
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(edges) for edges in self._edge_maps(model, batch)]
+
+
+class FakeScribble(_HEDv10):
+    name = "fake_scribble"
+    description = "Scribble strokes from v1.0 HED edges (GPL weights), white on black"
+    Config = ScribbleConfig
+    config: ScribbleConfig
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(scribble(edges, self.config)) for edges in self._edge_maps(model, batch)]
+
+
+class _HEDv11(NeuralAnnotator):
+    """The v1.1 ControlNetHED network; subclasses turn its edge probabilities into condition maps."""
+
+    checkpoints: ClassVar[tuple[str, ...]] = ("ControlNetHED.pth",)
+    weights_license: ClassVar[str] = "Apache-2.0 (lllyasviel's ControlNetHED_Apache2)"
+    grayscale = True
+
+    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+        from annotators.nets.hed import ControlNetHED, controlnet_hed_state_dict
+
+        return load_strict(ControlNetHED(), checkpoints[0], controlnet_hed_state_dict, source=sources[0])
+
+    def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        """Per image, the HxW float64 edge probability: the five side outputs resized with OpenCV
+        (bilinear, float32), averaged, then a float64 sigmoid, like the reference."""
+        check_min_side(batch, _HED_MIN_SIDE, "ControlNetHED")
+        height, width = batch[0].shape[:2]
+        projections = [p[:, 0].float().cpu().numpy() for p in model(self.to_tensor(batch))]
+        maps = []
+        for index in range(len(batch)):
+            resized = [cv2.resize(p[index], (width, height), interpolation=cv2.INTER_LINEAR) for p in projections]
+            mean = np.stack(resized, axis=2).mean(axis=2)
+            maps.append(1.0 / (1.0 + np.exp(-mean.astype(np.float64))))
+        return maps
+
+
+class SoftEdgeHED(_HEDv11):
+    name = "softedge_hed"
+    description = "HED soft edges (v1.1 ControlNetHED, Apache-2.0 weights)"
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(to_uint8_map(p)) for p in self._probabilities(model, batch)]
+
+
+class SoftEdgeHEDSafe(_HEDv11):
+    name = "softedge_hedsafe"
+    description = "HED soft edges quantised to a few levels (v1.1 'safe' variant)"
+    Config = SafeSoftEdgeConfig
+    config: SafeSoftEdgeConfig
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(to_uint8_map(safe_step(p, self.config.safe_steps))) for p in self._probabilities(model, batch)]
+
+
+class ScribbleHED(_HEDv11):
+    name = "scribble_hed"
+    description = "Scribble strokes from v1.1 HED soft edges, white on black"
+    Config = ScribbleConfig
+    config: ScribbleConfig
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(scribble(to_uint8_map(p), self.config)) for p in self._probabilities(model, batch)]

@@ -1,0 +1,76 @@
+"""PiDiNet soft edges and scribbles, the ControlNet v1.1 ``softedge_pidinet`` preprocessors.
+
+Method: Z. Su, W. Liu et al., "Pixel Difference Networks for Efficient Edge Detection" (ICCV 2021),
+the authors' ``table5_pidinet`` model on BGR input in [0, 1]; the map is its fused side output.
+Weights: ``table5_pidinet.pth`` from hellozhuo/pidinet, redistributed in lllyasviel/Annotators;
+their licence is the MIT text preceded by the authors' note that the work is for research purposes
+and commercial use needs their consent first. ``softedge_pidisafe`` quantises the map with
+``safe_step``; ``scribble_pidinet`` applies the v1.1 ``gradio_scribble.py`` post-processing (thin,
+blur, binarise) to the plain map.
+Output: white (soft or binary) edges on black, at the input size.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, check_min_side, scribble, to_uint8_map
+from annotators.image import hwc3
+from annotators.neural import NeuralAnnotator
+from annotators.ops import safe_step
+from annotators.weights import load_strict
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ScribblePiDiNet", "SoftEdgePiDiNet", "SoftEdgePiDiNetSafe"]
+
+# PiDiNet max-pools three times, so each side must be at least 2**3 pixels.
+_MIN_SIDE = 8
+
+
+class _PiDiNet(NeuralAnnotator):
+    checkpoints: ClassVar[tuple[str, ...]] = ("table5_pidinet.pth",)
+    weights_license: ClassVar[str] = "MIT text with the authors' research-only note (hellozhuo/pidinet)"
+    grayscale = True
+
+    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+        from annotators.nets.pidinet import PiDiNet, pidinet_state_dict
+
+        return load_strict(PiDiNet(), checkpoints[0], pidinet_state_dict, source=sources[0])
+
+    def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
+        """(N, H, W) float32 fused edge probabilities."""
+        check_min_side(batch, _MIN_SIDE, "PiDiNet")
+        bgr = self.to_tensor(batch).flip(1) / 255.0
+        return model(bgr)[-1][:, 0].float().cpu().numpy()
+
+
+class SoftEdgePiDiNet(_PiDiNet):
+    name = "softedge_pidinet"
+    description = "PiDiNet soft edges (v1.1)"
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(to_uint8_map(p)) for p in self._probabilities(model, batch)]
+
+
+class SoftEdgePiDiNetSafe(_PiDiNet):
+    name = "softedge_pidisafe"
+    description = "PiDiNet soft edges quantised to a few levels (v1.1 'safe' variant)"
+    Config = SafeSoftEdgeConfig
+    config: SafeSoftEdgeConfig
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(to_uint8_map(safe_step(p, self.config.safe_steps))) for p in self._probabilities(model, batch)]
+
+
+class ScribblePiDiNet(_PiDiNet):
+    name = "scribble_pidinet"
+    description = "Scribble strokes from PiDiNet soft edges (v1.1), white on black"
+    Config = ScribbleConfig
+    config: ScribbleConfig
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(scribble(to_uint8_map(p), self.config)) for p in self._probabilities(model, batch)]
