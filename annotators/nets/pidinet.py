@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PiDiNet", "pidinet_state_dict"]
+__all__ = ["PiDiNet", "convert_pdc_weight", "pdc_conv", "pidinet_state_dict"]
 
 #: Pixel-difference type of the 16 layers (init block, then the 15 PDC blocks) of ``carv4``.
 CARV4 = ("cd", "ad", "rd", "cv") * 4
@@ -69,7 +69,7 @@ class _CentralDifferenceConv(nn.Conv2d):
         return super().forward(x) - centre
 
 
-def _pdc_conv(pdc: str, in_channels: int, out_channels: int, groups: int) -> nn.Conv2d:
+def pdc_conv(pdc: str, in_channels: int, out_channels: int, groups: int) -> nn.Conv2d:
     """The (converted) convolution of a carv4 layer, without bias."""
     if pdc == "cd":
         return _CentralDifferenceConv(in_channels, out_channels, 3, padding=1, groups=groups, bias=False)
@@ -84,7 +84,7 @@ class _PDCBlock(nn.Module):
     def __init__(self, pdc: str, in_channels: int, out_channels: int, downsample: bool) -> None:
         super().__init__()
         self.downsample = downsample
-        self.depthwise = _pdc_conv(pdc, in_channels, in_channels, groups=in_channels)
+        self.depthwise = pdc_conv(pdc, in_channels, in_channels, groups=in_channels)
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if downsample else nn.Identity()
 
@@ -122,7 +122,7 @@ class PiDiNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.init_block = _pdc_conv(CARV4[0], 3, _STAGE_CHANNELS[0], groups=1)
+        self.init_block = pdc_conv(CARV4[0], 3, _STAGE_CHANNELS[0], groups=1)
         stages, layer, in_channels = [], 1, _STAGE_CHANNELS[0]
         for index, (channels, count) in enumerate(zip(_STAGE_CHANNELS, _STAGE_BLOCKS)):
             blocks = []
