@@ -9,8 +9,8 @@ Method: S. Xie and Z. Tu, "Holistically-Nested Edge Detection" (ICCV 2015).
   ``gradio_fake_scribble2image.py`` does.
 - ``softedge_hed``, ``softedge_hedsafe``, ``scribble_hed`` (ControlNet v1.1): lllyasviel's re-trained
   ``ControlNetHED_Apache2`` on RGB input, weights ``ControlNetHED.pth``, released under Apache-2.0.
-  The "safe" variant quantises the map into a few levels (``safe_step``) so that the ControlNet
-  cannot read hidden detail from faint gradients; ``scribble_hed`` applies the v1.1
+  The "safe" variant quantises the map into a few levels (``safe_step``), dropping the faint
+  gradients that can carry hidden detail of the photograph; ``scribble_hed`` applies the v1.1
   ``gradio_scribble.py`` post-processing.
 Output: white (soft or binary) edges on black, at the input size.
 """
@@ -61,6 +61,8 @@ class ScribbleConfig(NeuralConfig):
 
 @dataclass(frozen=True)
 class SafeSoftEdgeConfig(NeuralConfig):
+    """The "safe" soft-edge variants' quantisation; the default is the reference's."""
+
     safe_steps: int = param(2, "quantisation levels above black of the 'safe' map", ge=1, le=255)
 
 
