@@ -53,12 +53,18 @@ class DecodedSegments:
     segments: np.ndarray  # (n, 4) float64, kept segments as x_start, y_start, x_end, y_end
 
 
+def _nearest_multiple(side: int, step: int) -> int:
+    return max(step, (side + step // 2) // step * step)
+
+
 def network_size(height: int, width: int) -> tuple[int, int]:
     """The network input size: each side rounded to the nearest multiple of 16 (at least 16)."""
-    return tuple(max(NETWORK_STRIDE, (side + NETWORK_STRIDE // 2) // NETWORK_STRIDE * NETWORK_STRIDE) for side in (height, width))  # type: ignore[return-value]
+    return _nearest_multiple(height, NETWORK_STRIDE), _nearest_multiple(width, NETWORK_STRIDE)
 
 
-def decode_segments(tp_map: torch.Tensor, value_threshold: float, distance_threshold: float, top_k: int = TOP_K) -> DecodedSegments:
+def decode_segments(
+    tp_map: torch.Tensor, value_threshold: float, distance_threshold: float, top_k: int = TOP_K
+) -> DecodedSegments:
     """Decode one TP map (``(C >= 5, h, w)``: centre logit, then start and end displacements).
 
     Follows the reference operation by operation (torch for the sigmoid, pooling and top-k, numpy
@@ -72,7 +78,8 @@ def decode_segments(tp_map: torch.Tensor, value_threshold: float, distance_thres
     local_max = F.max_pool2d(heat, 3, stride=1, padding=1)
     heat = (heat * (local_max == heat).float()).reshape(-1)
     scores, indices = torch.topk(heat, min(top_k, heat.numel()), dim=-1, largest=True)
-    centres = torch.stack((torch.div(indices, width, rounding_mode="floor"), torch.fmod(indices, width)), dim=-1).cpu().numpy()
+    rows, columns = torch.div(indices, width, rounding_mode="floor"), torch.fmod(indices, width)
+    centres = torch.stack((rows, columns), dim=-1).cpu().numpy()
     scores_np = scores.cpu().numpy()
 
     displacement = tp_map[1:5].float().cpu().numpy().transpose(1, 2, 0)  # h, w, (xs, ys, xe, ye)

@@ -25,10 +25,12 @@ def _norm(channels: int) -> nn.InstanceNorm2d:
 
 
 class UnetLevel(nn.Module):
-    """One U-Net level wrapping ``inner`` (None at the bottleneck); returns ``cat(x, level(x))``
-    except at the outermost level, which returns the pre-tanh output."""
+    """One U-Net level around ``submodule`` (None at the bottleneck). Inner levels return their
+    activated input concatenated with their output; the outermost returns the pre-tanh map."""
 
-    def __init__(self, outer: int, inner: int, submodule: UnetLevel | None, *, in_channels: int | None = None, outermost: bool = False) -> None:
+    def __init__(
+        self, outer: int, inner: int, submodule: UnetLevel | None, *, in_channels: int | None = None, outermost: bool = False
+    ) -> None:
         super().__init__()
         self.outermost = outermost
         down = nn.Conv2d(in_channels or outer, inner, kernel_size=4, stride=2, padding=1)

@@ -72,13 +72,16 @@ def test_value_threshold_above_every_score_gives_a_blank_map(mlsd: MLSD, seeded_
     assert not strict([crop])[0].any()
 
 
-@pytest.mark.parametrize(("size", "expected"), [((512, 512), (512, 512)), ((80, 120), (80, 128)), ((7, 9), (16, 16)), ((100, 200), (96, 208))])
+@pytest.mark.parametrize(
+    ("size", "expected"), [((512, 512), (512, 512)), ((80, 120), (80, 128)), ((7, 9), (16, 16)), ((100, 200), (96, 208))]
+)
 def test_network_size_is_nearest_multiple_of_16(size: tuple[int, int], expected: tuple[int, int]) -> None:
     assert network_size(*size) == expected
 
 
 def test_small_non_square_and_mixed_sizes(mlsd: MLSD, astronaut: np.ndarray) -> None:
-    images = [astronaut[:80, :120].copy(), astronaut[100:164, 50:146].copy(), astronaut[:80, :120][::-1].copy(), astronaut[:20, :24].copy()]
+    crop = astronaut[:80, :120]
+    images = [crop.copy(), astronaut[100:164, 50:146].copy(), crop[::-1].copy(), astronaut[:20, :24].copy()]
     maps = mlsd(images)
     for image, result in zip(images, maps):
         assert result.shape == image.shape and result.dtype == np.uint8
