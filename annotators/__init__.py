@@ -48,6 +48,10 @@ _BUILTIN: dict[str, str] = {
     "lineart_standard": "annotators.lineart_standard:LineartStandard",
     "shuffle": "annotators.shuffle:Shuffle",
     "hough": "annotators.hough:Hough",
+    "mlsd": "annotators.mlsd:MLSD",
+    "lineart_realistic": "annotators.lineart:LineartRealistic",
+    "lineart_coarse": "annotators.lineart:LineartCoarse",
+    "lineart_anime": "annotators.lineart:LineartAnime",
 }
 
 

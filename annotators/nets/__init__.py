@@ -1,0 +1,1 @@
+"""Network modules of the neural annotators, one file per architecture (imported lazily)."""
