@@ -68,8 +68,9 @@ def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
     rounded to multiples of 64; LANCZOS4 when enlarging, AREA otherwise (also at scale 1)."""
     height, width = image.shape[:2]
     scale = float(resolution) / min(height, width)
-    new_height = int(np.round(height * scale / 64.0)) * 64
-    new_width = int(np.round(width * scale / 64.0)) * 64
+    # At least one block of 64 where the reference would round a side to 0 and crash.
+    new_height = max(1, int(np.round(height * scale / 64.0))) * 64
+    new_width = max(1, int(np.round(width * scale / 64.0))) * 64
     interpolation = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
     return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
 

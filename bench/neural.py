@@ -1,0 +1,93 @@
+"""Batched neural annotators against a one-image-at-a-time loop of the same network.
+
+    OMP_NUM_THREADS=1 python bench/neural.py                       # CPU, 64 images at 512
+    python bench/neural.py --device cuda --dtype float16           # GPU: fp16 batched vs fp32 loop
+    python bench/neural.py --annotators softedge_hed --images 16   # a quicker look
+
+Weights are seeded stand-ins for the published checkpoints (rebuilt from shared/parity), so the
+figures measure speed only. The loop baseline does what the reference annotators do: one image per
+forward pass, in float32. Targets: on CPU batched >= 1.0x the loop; on CUDA fp16 batched >= 5x the
+fp32 loop. Prints images/s and the ratio per annotator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import annotators  # noqa: E402
+from tests.parity import SeededWeights  # noqa: E402
+
+DEFAULT_ANNOTATORS = ("softedge_hed", "depth_midas", "openpose")
+
+
+def photographs(count: int, size: int) -> list[np.ndarray]:
+    """``count`` distinct size x size crops of scikit-image's colour photographs."""
+    import cv2
+    from skimage import data
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        side = int(rng.integers(min(src.shape[:2]) // 2, min(src.shape[:2]) + 1))
+        y = int(rng.integers(0, src.shape[0] - side + 1))
+        x = int(rng.integers(0, src.shape[1] - side + 1))
+        images.append(cv2.resize(src[y : y + side, x : x + side], (size, size), interpolation=cv2.INTER_AREA))
+    return images
+
+
+def images_per_second(annotator: annotators.Annotator, images: list[np.ndarray], one_at_a_time: bool) -> float:
+    annotator([images[0]])  # load weights and warm up outside the timing
+    if annotator.config.device.startswith("cuda"):  # type: ignore[attr-defined]
+        import torch
+
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    if one_at_a_time:
+        for image in images:
+            annotator([image])
+    else:
+        annotator(images)
+    if annotator.config.device.startswith("cuda"):  # type: ignore[attr-defined]
+        import torch
+
+        torch.cuda.synchronize()
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", default=",".join(DEFAULT_ANNOTATORS))
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="dtype of the batched path; the loop is always float32")
+    args = parser.parse_args()
+
+    images = photographs(args.images, args.size)
+    print(f"{args.images} images at {args.size}x{args.size}, device {args.device}, batch {args.batch_size} ({args.dtype}) vs loop (float32)")
+    print(f"{'annotator':<16}{'loop img/s':>12}{'batched img/s':>15}{'ratio':>8}")
+    with tempfile.TemporaryDirectory() as folder:
+        weights = SeededWeights(Path(folder))
+        for name in args.annotators.split(","):
+            cls = annotators.get_class(name)
+            location = str(weights.ensure(cls.checkpoints))  # type: ignore[attr-defined]
+            loop = cls(weights=location, device=args.device, dtype="float32", batch_size=1)
+            batched = cls(weights=location, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+            loop_rate = images_per_second(loop, images, one_at_a_time=True)
+            batched_rate = images_per_second(batched, images, one_at_a_time=False)
+            print(f"{name:<16}{loop_rate:>12.2f}{batched_rate:>15.2f}{batched_rate / loop_rate:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
