@@ -41,7 +41,6 @@ __all__ = [
     "SoftEdgeHED",
     "SoftEdgeHEDSafe",
     "check_min_side",
-    "run_network",
     "scribble",
     "to_uint8_map",
 ]
@@ -74,21 +73,6 @@ def check_min_side(batch: list[np.ndarray], min_side: int, network: str) -> None
         raise ValueError(f"{network} needs images of at least {min_side}x{min_side} pixels, got {width}x{height}")
 
 
-def run_network(model: torch.nn.Module, batch: torch.Tensor) -> Any:
-    """``model(batch)``, but image by image on the CPU. oneDNN picks its convolution kernels by batch
-    size, and some (e.g. HED's first layer and its 1/16-scale layers) then round differently, which
-    would make a map depend on its batch mates; on the CPU the loop is no slower. Other devices get
-    the whole batch at once. Outputs (a tensor or a list of tensors) are concatenated back."""
-    import torch
-
-    if batch.device.type != "cpu" or len(batch) == 1:
-        return model(batch)
-    outputs = [model(batch[i : i + 1]) for i in range(len(batch))]
-    if isinstance(outputs[0], torch.Tensor):
-        return torch.cat(outputs)
-    return [torch.cat(parts) for parts in zip(*outputs)]
-
-
 def to_uint8_map(probability: np.ndarray) -> np.ndarray:
     """A [0, 1] map to uint8 by truncation, as the reference does (not rounding)."""
     return (probability * 255.0).clip(0, 255).astype(np.uint8)
@@ -115,7 +99,7 @@ class _HEDv10(NeuralAnnotator):
         """(N, H, W) uint8 HED maps."""
         check_min_side(batch, _HED_MIN_SIDE, "HED")
         bgr = self.to_tensor(batch).flip(1) / 255.0
-        return to_uint8_map(run_network(model, bgr)[:, 0].float().cpu().numpy())
+        return to_uint8_map(model(bgr)[:, 0].float().cpu().numpy())
 
 
 class HED(_HEDv10):
@@ -153,7 +137,7 @@ class _HEDv11(NeuralAnnotator):
         (bilinear, float32), averaged, then a float64 sigmoid, like the reference."""
         check_min_side(batch, _HED_MIN_SIDE, "ControlNetHED")
         height, width = batch[0].shape[:2]
-        projections = [p[:, 0].float().cpu().numpy() for p in run_network(model, self.to_tensor(batch))]
+        projections = [p[:, 0].float().cpu().numpy() for p in model(self.to_tensor(batch))]
         maps = []
         for index in range(len(batch)):
             resized = [cv2.resize(p[index], (width, height), interpolation=cv2.INTER_LINEAR) for p in projections]

@@ -110,6 +110,16 @@ class NeuralAnnotator(Annotator):
         assert self._model is not None
         return self._model
 
+    @property
+    def forward_batch_size(self) -> int:
+        """Images per forward pass: ``batch_size`` on accelerators, 1 on the CPU.
+
+        On the CPU, oneDNN picks convolution kernels by batch size and some round differently, so a
+        map would depend on its batch mates; image by image it is bit-reproducible, and measured no
+        slower there (see bench/neural.py). Accelerators get whole batches, which is where they pay.
+        """
+        return 1 if self.torch_device.type == "cpu" else self.config.batch_size
+
     def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
         raise NotImplementedError
 
@@ -119,7 +129,7 @@ class NeuralAnnotator(Annotator):
         model = self.model
         results: list[Annotation | None] = [None] * len(images)
         with torch.inference_mode():
-            for indices, batch in batches_by_shape(images, self.config.batch_size):
+            for indices, batch in batches_by_shape(images, self.forward_batch_size):
                 for index, result in zip(indices, self._forward(model, batch)):
                     results[index] = result if isinstance(result, Annotation) else Annotation(result)
         return results  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, check_min_side, run_network, scribble, to_uint8_map
+from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, check_min_side, scribble, to_uint8_map
 from annotators.image import hwc3
 from annotators.neural import NeuralAnnotator
 from annotators.ops import safe_step
@@ -45,7 +45,7 @@ class _PiDiNet(NeuralAnnotator):
         """(N, H, W) float32 fused edge probabilities."""
         check_min_side(batch, _MIN_SIDE, "PiDiNet")
         bgr = self.to_tensor(batch).flip(1) / 255.0
-        return run_network(model, bgr)[-1][:, 0].float().cpu().numpy()
+        return model(bgr)[-1][:, 0].float().cpu().numpy()
 
 
 class SoftEdgePiDiNet(_PiDiNet):
