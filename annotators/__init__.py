@@ -48,6 +48,8 @@ _BUILTIN: dict[str, str] = {
     "lineart_standard": "annotators.lineart_standard:LineartStandard",
     "shuffle": "annotators.shuffle:Shuffle",
     "hough": "annotators.hough:Hough",
+    "depth_midas": "annotators.midas:MidasDepth",
+    "normal_midas": "annotators.midas:MidasNormal",
 }
 
 
