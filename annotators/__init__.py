@@ -50,6 +50,7 @@ _BUILTIN: dict[str, str] = {
     "hough": "annotators.hough:Hough",
     "depth_midas": "annotators.midas:MidasDepth",
     "normal_midas": "annotators.midas:MidasNormal",
+    "normal_bae": "annotators.normalbae:NormalBae",
 }
 
 

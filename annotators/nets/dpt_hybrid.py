@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from annotators.nets.padding import pad_same
+
 __all__ = ["DPTHybrid", "remap_midas_checkpoint"]
 
 _GROUPS = 32
@@ -31,12 +33,6 @@ _PATCH = 16  # the ResNet reduces by 16, so every ViT token covers 16x16 pixels
 SIZE_MULTIPLE = 32
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow "SAME" padding for one side (the extra pixel goes after)."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
 class StdConv2dSame(nn.Conv2d):
     """Bias-free convolution with weight standardisation (per output channel, biased variance,
     eps 1e-8) and input-dependent "SAME" padding when strided, as in BiT/timm's ``StdConv2dSame``."""
@@ -48,11 +44,8 @@ class StdConv2dSame(nn.Conv2d):
         self.eps = 1e-8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kernel, stride = self.kernel_size[0], self.stride[0]
-        if stride > 1:
-            top, bottom = _same_padding(x.shape[-2], kernel, stride)
-            left, right = _same_padding(x.shape[-1], kernel, stride)
-            x = F.pad(x, (left, right, top, bottom))
+        if self.stride[0] > 1:
+            x = pad_same(x, self.kernel_size[0], self.stride[0])
         flat = self.weight.reshape(self.out_channels, -1)
         var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
         weight = ((flat - mean) * torch.rsqrt(var + self.eps)).reshape_as(self.weight)
@@ -109,9 +102,7 @@ class _ResNetStem(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         # 3x3/2 max-pool with "SAME" padding: padded cells are -inf, so they never win.
-        top, bottom = _same_padding(x.shape[-2], 3, 2)
-        left, right = _same_padding(x.shape[-1], 3, 2)
-        x = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=float("-inf")), 3, 2)
+        x = F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, 2)
         outputs = []
         for stage in self.stages:
             x = stage(x)
