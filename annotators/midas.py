@@ -3,7 +3,10 @@
 Method: MiDaS v3 DPT-Hybrid, Ranftl et al., "Vision Transformers for Dense Prediction" (ICCV 2021)
 and "Towards Robust Monocular Depth Estimation" (TPAMI 2022); network in
 :mod:`annotators.nets.dpt_hybrid`. Weights: ``dpt_hybrid-midas-501f0c75.pt`` from
-``lllyasviel/Annotators`` (the isl-org/MiDaS release, MIT licence).
+``lllyasviel/Annotators`` (the isl-org/MiDaS release, MIT licence). Its transformers conversion,
+``Intel/dpt-hybrid-midas`` (same weights), loads too: pass its ``model.safetensors`` as ``weights``.
+Either way the ViT LayerNorms use timm's eps 1e-6, which the weights were trained with (the
+transformers config says 1e-12).
 
 Semantics of the v1.0 ``MidasDetector``: the image goes in at its own resolution as ``rgb/127.5 - 1``
 (no 384 resize), the relative inverse depth ``d`` comes out at the same size.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -251,48 +251,91 @@ class DPTHybrid(nn.Module):
         return self.head(path).squeeze(1)
 
 
-# Published MiDaS name (regex) -> this module's name. timm's final LayerNorm and ImageNet classifier
-# (``pretrained.model.norm``/``head``) are never used by DPT (it reads block outputs before the norm)
-# and are dropped.
-_RULES: tuple[tuple[str, str], ...] = (
+_Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
+_FUSION_PARTS = {
+    "resConfUnit1": "skip_unit", "resConfUnit2": "unit", "out_conv": "out_conv",
+    "residual_layer1": "skip_unit", "residual_layer2": "unit", "projection": "out_conv",
+}
+
+# Published MiDaS names (timm backbone under ``pretrained.model``, DPT parts under
+# ``pretrained.act_postprocess*`` and ``scratch``) -> this module's names; first match wins.
+_MIDAS_RULES: tuple[_Rule, ...] = (
     (r"^pretrained\.model\.patch_embed\.backbone\.stem\.(conv|norm)\.", r"resnet.stem.\1."),
     (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.", r"resnet.stages.\1.\2.downsample."),
     (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.(conv|norm)([123])\.", r"resnet.stages.\1.\2.unit\4.\3."),
     (r"^pretrained\.model\.patch_embed\.proj\.", "patch_proj."),
     (r"^pretrained\.model\.(cls_token|pos_embed)$", r"\1"),
     (r"^pretrained\.model\.blocks\.", "blocks."),
-    (r"^pretrained\.act_postprocess3\.0\.project\.0\.", "reassemble.0.readout."),
-    (r"^pretrained\.act_postprocess3\.3\.", "reassemble.0.conv."),
-    (r"^pretrained\.act_postprocess4\.0\.project\.0\.", "reassemble.1.readout."),
-    (r"^pretrained\.act_postprocess4\.3\.", "reassemble.1.conv."),
+    (r"^pretrained\.act_postprocess([34])\.0\.project\.0\.", lambda m: f"reassemble.{int(m[1]) - 3}.readout."),
+    (r"^pretrained\.act_postprocess([34])\.3\.", lambda m: f"reassemble.{int(m[1]) - 3}.conv."),
     (r"^pretrained\.act_postprocess4\.4\.", "reassemble.1.down."),
+    (r"^scratch\.layer([1-4])_rn\.", lambda m: f"layer_rn.{int(m[1]) - 1}."),
+    (r"^scratch\.refinenet([1-4])\.(\w+)\.", lambda m: f"fusion.{int(m[1]) - 1}.{_FUSION_PARTS.get(m[2], m[2])}."),
     (r"^scratch\.output_conv\.", "head."),
 )
-_DROPPED = re.compile(r"^pretrained\.model\.(norm|head)\.")
-_SCRATCH_LAYER = re.compile(r"^scratch\.layer([1-4])_rn\.")
-_SCRATCH_FUSION = re.compile(r"^scratch\.refinenet([1-4])\.(resConfUnit1|resConfUnit2|out_conv)\.")
+# timm's final LayerNorm and ImageNet classifier: DPT reads block outputs before that norm.
+_MIDAS_UNUSED = re.compile(r"^pretrained\.model\.(norm|head)\.")
+
+# The same weights converted to transformers' DPTForDepthEstimation (``Intel/dpt-hybrid-midas``),
+# whose fusion stages run deepest first and whose attention has separate q, k, v projections.
+_HF_BIT = r"^dpt\.embeddings\.backbone\.bit\."
+_HF_LAYER = r"^dpt\.encoder\.layer\.(\d+)\."
+_HF_RULES: tuple[_Rule, ...] = (
+    (_HF_BIT + r"embedder\.convolution\.", "resnet.stem.conv."),
+    (_HF_BIT + r"embedder\.norm\.", "resnet.stem.norm."),
+    (_HF_BIT + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.downsample\.", r"resnet.stages.\1.\2.downsample."),
+    (_HF_BIT + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(conv|norm)([123])\.", r"resnet.stages.\1.\2.unit\4.\3."),
+    (r"^dpt\.embeddings\.projection\.", "patch_proj."),
+    (r"^dpt\.embeddings\.cls_token$", "cls_token"),
+    (r"^dpt\.embeddings\.position_embeddings$", "pos_embed"),
+    (_HF_LAYER + r"attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (_HF_LAYER + r"intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+    (_HF_LAYER + r"output\.dense\.", r"blocks.\1.mlp.fc2."),
+    (_HF_LAYER + r"layernorm_before\.", r"blocks.\1.norm1."),
+    (_HF_LAYER + r"layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^neck\.reassemble_stage\.readout_projects\.([23])\.0\.", lambda m: f"reassemble.{int(m[1]) - 2}.readout."),
+    (r"^neck\.reassemble_stage\.layers\.([23])\.projection\.", lambda m: f"reassemble.{int(m[1]) - 2}.conv."),
+    (r"^neck\.reassemble_stage\.layers\.3\.resize\.", "reassemble.1.down."),
+    (r"^neck\.convs\.([0-3])\.", r"layer_rn.\1."),
+    (
+        r"^neck\.fusion_stage\.layers\.([0-3])\.(\w+)\.(?:convolution([12])\.)?",
+        lambda m: f"fusion.{3 - int(m[1])}.{_FUSION_PARTS.get(m[2], m[2])}." + (f"conv{m[3]}." if m[3] else ""),
+    ),
+    (r"^head\.head\.", "head."),
+)
+_HF_UNUSED = re.compile(r"^dpt\.layernorm\.")
+_HF_QKV = re.compile(_HF_LAYER + r"attention\.attention\.(query|key|value)\.(weight|bias)$")
+
+
+def _rename(key: str, rules: tuple[_Rule, ...]) -> str:
+    for pattern, replacement in rules:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            return new
+    return key  # unknown: left for the strict load to report
 
 
 def remap_midas_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
-    """The MiDaS ``dpt_hybrid-midas-501f0c75.pt`` state dict (or a training snapshot holding it
-    under ``model``) in :class:`DPTHybrid`'s key names. Unknown keys are kept as they are, so that
-    a strict load reports them."""
+    """DPT-Hybrid MiDaS weights in :class:`DPTHybrid`'s key names, from either published layout:
+    the MiDaS ``dpt_hybrid-midas-501f0c75.pt`` (or a training snapshot holding it under ``model``),
+    or its transformers conversion ``Intel/dpt-hybrid-midas`` (``model.safetensors``)."""
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         checkpoint = checkpoint["model"]  # type: ignore[assignment]
+    if "dpt.embeddings.cls_token" not in checkpoint:
+        return {_rename(k, _MIDAS_RULES): v for k, v in checkpoint.items() if not _MIDAS_UNUSED.match(k)}  # type: ignore[misc]
     out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in checkpoint.items():
-        if _DROPPED.match(key):
+        if _HF_UNUSED.match(key):
             continue
-        new = key
-        if match := _SCRATCH_LAYER.match(key):
-            new = f"layer_rn.{int(match[1]) - 1}." + key[match.end() :]
-        elif match := _SCRATCH_FUSION.match(key):
-            part = {"resConfUnit1": "skip_unit", "resConfUnit2": "unit", "out_conv": "out_conv"}[match[2]]
-            new = f"fusion.{int(match[1]) - 1}.{part}." + key[match.end() :]
-        else:
-            for pattern, replacement in _RULES:
-                new, count = re.subn(pattern, replacement, key)
-                if count:
-                    break
-        out[new] = value  # type: ignore[assignment]
+        if match := _HF_QKV.match(key):
+            qkv.setdefault((match[1], match[3]), {})[match[2]] = value  # type: ignore[assignment]
+            continue
+        out[_rename(key, _HF_RULES)] = value  # type: ignore[assignment]
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            # Incomplete: keep the originals so that the strict load names what is missing.
+            out.update({f"dpt.encoder.layer.{layer}.attention.attention.{p}.{kind}": t for p, t in parts.items()})
+            continue
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out

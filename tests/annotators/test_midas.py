@@ -149,3 +149,36 @@ def test_constant_depth_gives_black_depth_and_flat_normals() -> None:
     assert (normalised == 0).all()
     normals = normal_image(depth, normalised, a=2 * math.pi, bg_th=0.1)
     assert (normals == np.array([127, 127, 255], np.uint8)).all()
+
+
+def test_transformers_layout_computes_the_same_depth() -> None:
+    """``Intel/dpt-hybrid-midas`` is the MiDaS checkpoint converted to transformers' DPT: a randomly
+    initialised transformers DPT-Hybrid, remapped into our module, must compute the same depth."""
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    from annotators.nets.dpt_hybrid import DPTHybrid
+    from annotators.weights import load_strict
+
+    torch.manual_seed(0)
+    config = DPTConfig(  # the conversion script's settings for the MiDaS hybrid; timm's LayerNorm eps
+        is_hybrid=True,
+        neck_hidden_sizes=[256, 512, 768, 768],
+        reassemble_factors=[1, 1, 1, 0.5],
+        readout_type="project",
+        use_batch_norm_in_fusion_residual=False,
+        layer_norm_eps=1e-6,
+    )
+    reference = DPTForDepthEstimation(config).eval()
+    # transformers refuses sizes other than its 384 unless told; the embeddings are resized anyway.
+    reference.dpt.embeddings.image_size = (64, 64)
+    ours = load_strict(DPTHybrid(), reference.state_dict(), remap_midas_checkpoint, source="transformers").eval()
+    pre_relu: dict[str, torch.Tensor] = {}
+    reference.head.head[4].register_forward_hook(lambda m, a, out: pre_relu.__setitem__("reference", out))
+    ours.head[4].register_forward_hook(lambda m, a, out: pre_relu.__setitem__("ours", out))
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        expected = reference(pixel_values=x).predicted_depth
+        actual = ours(x)
+    assert pre_relu["reference"].std() > 1e-3  # a varied output, so the comparison means something
+    assert_raw_close(pre_relu["ours"].numpy(), pre_relu["reference"].numpy(), "pre-ReLU depth")
+    assert_raw_close(actual.numpy(), expected.numpy(), "depth")
