@@ -46,9 +46,10 @@ class StdConv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] > 1:
             x = pad_same(x, self.kernel_size[0], self.stride[0])
-        flat = self.weight.reshape(self.out_channels, -1)
+        # In float32 whatever the compute dtype: eps 1e-8 and the statistics need the precision.
+        flat = self.weight.float().reshape(self.out_channels, -1)
         var, mean = torch.var_mean(flat, dim=1, unbiased=False, keepdim=True)
-        weight = ((flat - mean) * torch.rsqrt(var + self.eps)).reshape_as(self.weight)
+        weight = ((flat - mean) * torch.rsqrt(var + self.eps)).reshape_as(self.weight).to(x.dtype)
         return F.conv2d(x, weight, None, self.stride, self.padding)
 
 
