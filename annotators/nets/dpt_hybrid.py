@@ -5,7 +5,8 @@ Ranftl, Bochkovskiy, Koltun, "Vision Transformers for Dense Prediction" (ICCV 20
 follow the MiDaS ``DPTDepthModel(backbone="vitb_rn50_384", readout="project", non_negative=True)``
 with timm's ``vit_base_resnet50_384`` backbone (weight-standardised convolutions with TF "same"
 padding and GroupNorm), written here without timm. :func:`remap_midas_checkpoint` maps the
-published MiDaS checkpoint (timm and MiDaS key names) onto this module.
+published MiDaS checkpoint (timm and MiDaS key names), or its transformers conversion, onto this
+module.
 """
 
 from __future__ import annotations
