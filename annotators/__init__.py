@@ -60,6 +60,9 @@ _BUILTIN: dict[str, str] = {
     "softedge_pidinet": "annotators.pidinet:SoftEdgePiDiNet",
     "softedge_pidisafe": "annotators.pidinet:SoftEdgePiDiNetSafe",
     "scribble_pidinet": "annotators.pidinet:ScribblePiDiNet",
+    "depth_midas": "annotators.midas:MidasDepth",
+    "normal_midas": "annotators.midas:MidasNormal",
+    "normal_bae": "annotators.normalbae:NormalBae",
 }
 
 

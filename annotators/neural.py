@@ -143,4 +143,5 @@ class NeuralAnnotator(Annotator):
         import torch
 
         stacked = torch.from_numpy(np.stack(batch)).to(self.torch_device)
-        return stacked.permute(0, 3, 1, 2).to(self.torch_dtype)
+        # Contiguous NCHW: a channels-last view would send convolutions down kernels that round differently.
+        return stacked.permute(0, 3, 1, 2).to(self.torch_dtype).contiguous()
