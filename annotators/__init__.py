@@ -48,6 +48,8 @@ _BUILTIN: dict[str, str] = {
     "lineart_standard": "annotators.lineart_standard:LineartStandard",
     "shuffle": "annotators.shuffle:Shuffle",
     "hough": "annotators.hough:Hough",
+    "openpose": "annotators.openpose:OpenPose",
+    "openpose_hand": "annotators.openpose:OpenPoseHand",
 }
 
 
