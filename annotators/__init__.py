@@ -50,6 +50,11 @@ _BUILTIN: dict[str, str] = {
     "hough": "annotators.hough:Hough",
     "openpose": "annotators.openpose:OpenPose",
     "openpose_hand": "annotators.openpose:OpenPoseHand",
+    "mediapipe_pose": "annotators.mediapipe:MediaPipePose",
+    "mediapipe_hands": "annotators.mediapipe:MediaPipeHands",
+    "mediapipe_face": "annotators.mediapipe:MediaPipeFace",
+    "mediapipe_full": "annotators.mediapipe:MediaPipeFull",
+    "person_mask": "annotators.mediapipe:PersonMask",
 }
 
 
