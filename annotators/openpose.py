@@ -106,7 +106,7 @@ def find_body_peaks(heatmaps: np.ndarray, threshold: float) -> list[np.ndarray]:
 
     peaks, next_id = [], 0
     for part in range(BODY_POINTS):
-        heatmap = heatmaps[:, :, part]
+        heatmap = heatmaps[:, :, part].astype(np.float64)  # smoothing in float64, as the reference
         smooth = gaussian_filter(heatmap, sigma=3)
         # Neighbours beyond the border count as 0, as in the reference.
         padded = np.pad(smooth, 1)
@@ -331,8 +331,9 @@ class OpenPose(NeuralAnnotator):
         prepared = [body_net_input(image) for image in bgr_images]
         results = []
         for (pafs_raw, heatmaps_raw), (_, pad) in zip(self._run(model["body"], [p[0] for p in prepared]), prepared):
-            heatmaps = net_outputs_to_image(heatmaps_raw, pad, height, width).astype(np.float64)
-            pafs = net_outputs_to_image(pafs_raw, pad, height, width).astype(np.float64)
+            # Kept in float32 (the reference's float64 copies hold the same values) to halve the memory.
+            heatmaps = net_outputs_to_image(heatmaps_raw[:BODY_POINTS], pad, height, width)
+            pafs = net_outputs_to_image(pafs_raw, pad, height, width)
             peaks = find_body_peaks(heatmaps, self.config.peak_threshold)
             results.append(assemble_people(peaks, pafs, height, self.config.paf_threshold))
         return results

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import colorsys
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,6 @@ __all__ = [
     "draw_body",
     "draw_faces",
     "draw_hands",
-    "keypoints",
 ]
 
 #: OpenPose's COCO-18 body order (also the JSON ``pose_keypoints_2d`` order).
@@ -72,21 +71,6 @@ _STICK_WIDTH = 4
 _EPS = 0.01
 
 BODY_POINTS, HAND_POINTS = 18, 21
-
-
-def keypoints(points: Iterable[Sequence[float] | None], count: int | None = None) -> np.ndarray:
-    """An (N, 3) float64 array of normalised ``x, y, confidence`` from points given as ``(x, y)``,
-    ``(x, y, confidence)`` or ``None`` (missing, stored as 0, 0, 0)."""
-    rows = []
-    for point in points:
-        if point is None:
-            rows.append((0.0, 0.0, 0.0))
-        else:
-            rows.append((float(point[0]), float(point[1]), float(point[2]) if len(point) > 2 else 1.0))
-    array = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-    if count is not None and len(array) != count:
-        raise ValueError(f"expected {count} keypoints, got {len(array)}")
-    return array
 
 
 @dataclass
