@@ -119,3 +119,16 @@ def test_openpose_hand_adds_hands_to_map_and_json(hand: openpose.OpenPoseHand, b
     # hand points are drawn as red (0, 0, 255) dots, which the body drawing never produces
     red = (with_hands.map == (0, 0, 255)).all(axis=2).sum()
     assert red > 0 and (body_only.map == (0, 0, 255)).all(axis=2).sum() < red
+
+
+def test_checkpoint_remap_accepts_module_keys_and_names_mismatches() -> None:
+    from annotators.nets.openpose import HandPoseNet, remap_checkpoint
+    from annotators.weights import load_strict
+
+    net = HandPoseNet()
+    published = {key.split(".", 1)[1]: value for key, value in net.state_dict().items()}
+    assert set(remap_checkpoint(published, "hand")) == set(net.state_dict())
+    assert set(remap_checkpoint(net.state_dict(), "hand")) == set(net.state_dict())  # a re-saved state_dict
+    del published["Mconv7_stage6.bias"]
+    with pytest.raises(ValueError, match="1 missing key"):
+        load_strict(HandPoseNet(), published, lambda c: remap_checkpoint(c, "hand"), source="hand_pose_model.pth")
