@@ -63,6 +63,13 @@ _BUILTIN: dict[str, str] = {
     "depth_midas": "annotators.midas:MidasDepth",
     "normal_midas": "annotators.midas:MidasNormal",
     "normal_bae": "annotators.normalbae:NormalBae",
+    "openpose": "annotators.openpose:OpenPose",
+    "openpose_hand": "annotators.openpose:OpenPoseHand",
+    "mediapipe_pose": "annotators.mediapipe:MediaPipePose",
+    "mediapipe_hands": "annotators.mediapipe:MediaPipeHands",
+    "mediapipe_face": "annotators.mediapipe:MediaPipeFace",
+    "mediapipe_full": "annotators.mediapipe:MediaPipeFull",
+    "person_mask": "annotators.mediapipe:PersonMask",
 }
 
 
