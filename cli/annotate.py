@@ -21,9 +21,8 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 from typer.core import TyperGroup
 
 import annotators
@@ -174,11 +173,6 @@ def _build_parameters(classes: list[type[annotators.Annotator]]) -> list[inspect
     return parameters
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s", style="progress.data.speed")
-
-
 def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_spec: str, output: Path, options: BuildOptions) -> None:
     from controlnet.build import BuildConfig, BuildError, BuildProgress, build
     from controlnet.card import contact_sheet
@@ -208,24 +202,27 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        _RateColumn(),
+        TextColumn("[progress.data.speed]{task.fields[rate]}"),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=err_console,
         auto_refresh=False,  # no refresh thread, so worker processes are forked from a single thread
     )
-    task_id = progress.add_task(",".join(names), total=None)
-    last_refresh = 0.0
+    task_id = progress.add_task(",".join(names), total=None, rate="- img/s")
+    last_refresh = started = 0.0
 
     def report(state: BuildProgress) -> None:
-        nonlocal last_refresh
+        nonlocal last_refresh, started
+        now = time.monotonic()
         if progress.tasks[0].total is None:
+            started = now
             progress.update(task_id, total=state.total, completed=state.done_before)
             if state.done_before:
                 err_console.print(f"resuming: {state.done_before} of {state.total} inputs already done")
-        progress.update(task_id, completed=state.done_before + state.processed)
-        now = time.monotonic()
+        # images/s over the whole run: steadier than Rich's windowed speed, which skips inflate
+        rate = f"{state.processed / (now - started):.1f} img/s" if now > started and state.processed else "- img/s"
+        progress.update(task_id, completed=state.done_before + state.processed, rate=rate)
         if now - last_refresh > 0.2 or state.done_before + state.processed >= state.total:
             progress.refresh()
             last_refresh = now
