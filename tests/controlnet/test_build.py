@@ -296,3 +296,16 @@ def test_keypoints_column_and_min_keypoints(tmp_path: Path, monkeypatch: pytest.
     skipped = [json.loads(line) for line in (tmp_path / "some" / "skipped.jsonl").read_text().splitlines()]
     assert [(record["file_name"], record["reason"].split(" body")[0]) for record in skipped] == [("red000.png", "0"), ("red050.png", "5")]
     assert result.skip_kinds == {"too few keypoints": 2}
+
+
+def test_schema_is_the_one_datasets_writes() -> None:
+    import datasets
+
+    from controlnet.build import arrow_schema
+
+    image, text = datasets.Image(), datasets.Value("string")
+    size = datasets.Value("int32")
+    expected = datasets.Features(
+        {"image": image, "conditioning_image": image, "canny": image, "fake_pose": image, "text": text, "file_name": text, "annotator": text, "width": size, "height": size, "keypoints": text}
+    ).arrow_schema
+    assert arrow_schema(["canny", "fake_pose"], ["fake_pose"]).equals(expected, check_metadata=True)
