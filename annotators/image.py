@@ -241,7 +241,7 @@ def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int |
     PNG is lossless at every level.
     """
     if grayscale and image.ndim == 3:
-        image = image[:, :, 0]
+        image = cv2.extractChannel(image, 0)  # contiguous, faster than copying a numpy slice
     elif image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
