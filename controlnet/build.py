@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -323,11 +324,27 @@ class Pipeline:
 _WORKER: Pipeline | None = None
 
 
-def _init_worker(args: tuple[Any, ...], annotate: bool) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Workers end when the builder does, even when it is killed with SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int) -> None:
     global _WORKER
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which stops the pool
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # imported before the fork: its thread pool is already sized
+        sys.modules["torch"].set_num_threads(1)
     _WORKER = Pipeline(*args, load_annotators=annotate)
 
 
@@ -371,7 +388,7 @@ def _results(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     window = 2 * config.workers
-    with context.Pool(config.workers, initializer=_init_worker, initargs=(args, not central)) as pool:
+    with context.Pool(config.workers, initializer=_init_worker, initargs=(args, not central, os.getpid())) as pool:
         pending: deque[Any] = deque()
 
         def finish(result: Any) -> list[_Row | _Skip]:
