@@ -231,6 +231,19 @@ def count_keypoints(data: dict[str, Any] | None) -> int:
     return total
 
 
+def _resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """The size :func:`resize_image` gives, computed without resizing."""
+    scale = float(resolution) / min(height, width)
+    return int(np.round(height * scale / 64.0)) * 64, int(np.round(width * scale / 64.0)) * 64
+
+
+def _json_value(value: Any) -> Any:
+    """numpy scalars and arrays in annotators' data, as JSON numbers and lists."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _encode_image(pixels: np.ndarray, source_format: str) -> bytes:
     """A resized (or converted) input image: JPEG stays JPEG (quality 95), anything else PNG."""
     if source_format == "JPEG":
@@ -261,15 +274,20 @@ class Pipeline:
                 except OSError as err:
                     raise ImageError(source, f"cannot read file ({err.strerror or err})") from None
             decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels)
+            pixels = decoded.pixels
+            if self.resolution is not None:
+                height, width = _resized_size(pixels.shape[0], pixels.shape[1], self.resolution)
+                if height * width > self.max_pixels:  # e.g. a 20000x20 strip, whose short side goes to 512
+                    raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
+                pixels = resize_image(pixels, self.resolution)
+            if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
+                image = data  # nothing changed: keep the file as it is, with no re-encoding
+            else:
+                image = _encode_image(pixels, decoded.format)
         except ImageError as err:
             return _Skip(item.file_name, item.path, err.reason)
-        pixels = decoded.pixels
-        if self.resolution is not None:
-            pixels = resize_image(pixels, self.resolution)
-        if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
-            image = data  # nothing changed: keep the file as it is, with no re-encoding
-        else:
-            image = _encode_image(pixels, decoded.format)
+        except (cv2.error, ValueError, MemoryError) as err:  # e.g. an unusable size: skip it, go on
+            return _Skip(item.file_name, item.path, f"corrupt or unusable image ({type(err).__name__}: {err})")
         return _Prepared(item, pixels, image)
 
     def _annotate_all(self, annotator: Annotator, images: list[np.ndarray]) -> list[Annotation | str]:
@@ -305,6 +323,10 @@ class Pipeline:
                 finished[id(entry)] = _Skip(item.file_name, item.path, f"{min(found)} body keypoints found, fewer than --min-keypoints {self.min_keypoints}")
                 continue
             height, width = entry.pixels.shape[:2]
+            wrong = next((a.name for a, r in zip(self.annotators, annotations) if r.map.shape[:2] != (height, width)), None)
+            if wrong is not None:
+                finished[id(entry)] = _Skip(item.file_name, item.path, f"annotator {wrong} failed (its map is not the image's size)")
+                continue
             finished[id(entry)] = _Row(
                 file_name=item.file_name,
                 caption=item.caption,
@@ -312,7 +334,7 @@ class Pipeline:
                 width=width,
                 height=height,
                 maps=[encode_png(r.map, grayscale=a.grayscale) for a, r in zip(self.annotators, annotations)],
-                data=[json.dumps(r.data) if r.data is not None else None for a, r in finders],
+                data=[json.dumps(r.data, default=_json_value) if r.data is not None else None for a, r in finders],
                 has_person=any(bool((r.data or {}).get("people")) for _, r in finders) if finders else None,
             )
         return [finished[id(p)] if isinstance(p, _Prepared) else p for p in prepared]
