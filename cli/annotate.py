@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -204,26 +204,28 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
         MofNCompleteColumn(),
         TextColumn("[progress.data.speed]{task.fields[rate]}"),
         TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("ETA [progress.remaining]{task.fields[eta]}"),
         console=err_console,
         auto_refresh=False,  # no refresh thread, so worker processes are forked from a single thread
     )
-    task_id = progress.add_task(",".join(names), total=None, rate="- img/s")
+    task_id: Any = None
     last_refresh = started = 0.0
 
     def report(state: BuildProgress) -> None:
-        nonlocal last_refresh, started
+        nonlocal task_id, last_refresh, started
         now = time.monotonic()
-        if progress.tasks[0].total is None:
+        if task_id is None:
             started = now
-            progress.update(task_id, total=state.total, completed=state.done_before)
+            task_id = progress.add_task(",".join(names), total=state.total, completed=state.done_before, rate="- img/s", eta="-:--:--")
             if state.done_before:
                 err_console.print(f"resuming: {state.done_before} of {state.total} inputs already done")
-        # images/s over the whole run: steadier than Rich's windowed speed, which skips inflate
-        rate = f"{state.processed / (now - started):.1f} img/s" if now > started and state.processed else "- img/s"
-        progress.update(task_id, completed=state.done_before + state.processed, rate=rate)
-        if now - last_refresh > 0.2 or state.done_before + state.processed >= state.total:
+        # Rate and ETA over this run so far: steadier than Rich's windowed speed, and a resumed
+        # run's head start does not count as speed.
+        done = state.done_before + state.processed
+        rate = state.processed / (now - started) if now > started else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime((state.total - done) / rate)) if rate and state.total >= done else "-:--:--"
+        progress.update(task_id, completed=done, rate=f"{rate:.1f} img/s" if rate else "- img/s", eta=eta)
+        if now - last_refresh > 0.2 or done >= state.total:
             progress.refresh()
             last_refresh = now
 

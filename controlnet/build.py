@@ -24,6 +24,7 @@ process (this one) loads the model and annotates in batches; the workers only de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -725,6 +726,8 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
         progress(state)
     started = time.perf_counter()
     pending = (item for item in source if item.file_name not in done)
+    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
+        config = dataclasses.replace(config, workers=1)
     try:
         for results in _results(config, pending):
             for result in results:
