@@ -14,6 +14,10 @@ temporary folder. Compared in one run, on the same photos:
 * a one-image-at-a-time loop in the style of controlnet_aux: PIL, numpy, HWC3, resize, Canny,
   HWC3, PIL, PNG.
 
+With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
+multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
+resized photos, which the bare loops do not do.
+
 The machine may be shared, so the bare loop and both builder runs are repeated, interleaved,
 ``--repeat`` times (default 3) and each keeps its best time; the controlnet_aux-style loop, which is
 only there for scale, runs once. OpenCV runs single-threaded in every variant (the builder sets this in its workers), so "1
@@ -65,8 +69,9 @@ print("BENCH " + json.dumps({"code": code, "seconds": seconds,
 """
 
 
-def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """``count`` JPEG photos from random crops and resizes of the bundled colour photographs."""
+def make_photos(folder: Path, count: int, seed: int = 0, ready: bool = False) -> list[Path]:
+    """``count`` JPEG photos from random crops and resizes of the bundled colour photographs;
+    ``ready``: at sizes ``resize_image`` keeps (short side 512, sides multiples of 64)."""
     from skimage import data
 
     sources = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")]
@@ -80,9 +85,11 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> list[Path]:
         crop_h, crop_w = (int(side * rng.uniform(0.5, 1.0)) for side in (height, width))
         top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
         crop = image[top : top + crop_h, left : left + crop_w]
-        short = int(rng.integers(400, 901))
+        short = RESOLUTION if ready else int(rng.integers(400, 901))
         scale = short / min(crop_h, crop_w)
         size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
+        if ready:
+            size = tuple(max(RESOLUTION, round(side / 64) * 64) for side in size)
         photo = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         path = folder / f"{index:05d}.jpg"
         cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
@@ -132,6 +139,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="photos in the comparison")
     parser.add_argument("--large", type=int, default=5000, help="photos in the peak-RSS run (0: skip it)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="N, the workers of the parallel run")
+    parser.add_argument("--ready", action="store_true", help="photos already at training size: no resize, no re-encoding")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timed variant; the best counts")
     parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
     args = parser.parse_args()
@@ -139,9 +147,10 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cn-annotate-bench-"))
     try:
-        photos = workdir / f"photos-{args.images}"
+        kind = "ready" if args.ready else "photos"
+        photos = workdir / f"{kind}-{args.images}"
         if not photos.is_dir():
-            make_photos(photos, args.images)
+            make_photos(photos, args.images, ready=args.ready)
         paths = sorted(photos.glob("*.jpg"))
         rows: list[tuple[str, int, float, dict[str, float] | None]] = []
         bare = float("inf")
@@ -157,9 +166,9 @@ def main() -> None:
         rows.append((f"cn-annotate canny, {args.workers} workers", len(paths), many["seconds"], many))
         large = None
         if args.large:
-            big = workdir / f"photos-{args.large}"
+            big = workdir / f"{kind}-{args.large}"
             if not big.is_dir():
-                make_photos(big, args.large)
+                make_photos(big, args.large, ready=args.ready)
             large = cn_annotate(big, workdir / "out-large", args.workers)
             rows.append((f"cn-annotate canny, {args.workers} workers", args.large, large["seconds"], large))
 

@@ -42,6 +42,7 @@ import numpy as np
 
 import annotators
 from annotators.base import Annotation, Annotator, AnnotatorConfig
+from annotators.neural import NeuralAnnotator
 from annotators.image import DEFAULT_MAX_PIXELS, ImageError, decode_image_info, encode_png, resize_image
 from controlnet.sources import DEFAULT_PROMPT, Source, SourceItem, open_source
 
@@ -308,6 +309,9 @@ class Pipeline:
         """Condition maps (PNG) and structured data for each prepared image; skips pass through."""
         ready = [p for p in prepared if isinstance(p, _Prepared)]
         images = [p.pixels for p in ready]
+        for annotator in self.annotators:  # a model that cannot load fails the build, not each image
+            if isinstance(annotator, NeuralAnnotator) and images:
+                annotator.load()
         per_annotator = [self._annotate_all(a, images) if images else [] for a in self.annotators]
         finished: dict[int, _Row | _Skip] = {}
         for index, entry in enumerate(ready):
@@ -671,6 +675,20 @@ def _finished_state(output: Path, finders: list[str]) -> tuple[set[str], int, in
 # --------------------------------------------------------------------------- the build
 
 
+def _check_weights(config: BuildConfig) -> None:
+    """Find every checkpoint before starting, so that missing weights stop the build with the
+    lookup's explanation instead of skipping every image."""
+    from annotators.weights import WeightsNotFoundError
+
+    for name, annotator_config in config.annotators:
+        annotator = annotators.get_class(name)(annotator_config)
+        if isinstance(annotator, NeuralAnnotator):
+            try:
+                annotator.checkpoint_paths()
+            except WeightsNotFoundError as err:
+                raise BuildError(f"{name}: {err}") from None
+
+
 def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None = None, source: Source | None = None) -> BuildResult:
     """Build (or resume) the dataset described by ``config``; see the module docstring.
 
@@ -692,6 +710,7 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             exclude=output,
         )
     names = [name for name, _ in config.annotators]
+    _check_weights(config)
     finders = [name for name, _ in config.annotators if annotators.get_class(name).finds_data]
     identity = config.identity(source)
     prepare_output(output, identity, config.overwrite)

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 import annotators
 from annotators.base import Annotation, AnnotatorConfig, PerImageAnnotator, param
 from annotators.image import hwc3, resize_image
+from annotators.neural import NeuralAnnotator
+from annotators.weights import load_strict
 from controlnet.build import BuildConfig, BuildError, BuildProgress, build, count_keypoints, shard_paths
 from controlnet.card import contact_sheet
 from controlnet.sources import DEFAULT_PROMPT
@@ -327,3 +329,70 @@ def test_a_strip_too_large_once_resized_is_skipped(tmp_path: Path) -> None:
     write_photo(folder / "fine.jpg", 0, 64, 64)
     result = build(config(folder, tmp_path / "ds", max_pixels=1_000_000))
     assert (result.rows, result.skip_kinds) == (1, {"too large": 1})
+
+
+# --------------------------------------------------------------------------- batched (neural) annotators
+
+
+class FakeNet(NeuralAnnotator):
+    """A 1x1 convolution loaded from a checkpoint: a stand-in for a network, batched like one."""
+
+    name = "fake_net"
+    description = "test network: a weighted sum of the channels"
+    checkpoints = ("fake_net.pth",)
+    grayscale = True
+    batches: list[int] = []  # batch sizes seen in this process
+
+    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> Any:
+        import torch
+
+        model = torch.nn.Conv2d(3, 1, 1, bias=False)
+        return load_strict(model, checkpoints[0], dict, source=sources[0])
+
+    def _forward(self, model: Any, batch: list[np.ndarray]) -> list[np.ndarray]:
+        type(self).batches.append(len(batch))
+        import torch
+
+        out = model(self.to_tensor(batch)).clamp(0, 255).round().to(torch.uint8)
+        return [hwc3(plane[0].cpu().numpy()) for plane in out]
+
+
+def _fake_weights(folder: Path) -> Path:
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"weight": torch.tensor([0.25, 0.5, 0.25]).reshape(1, 3, 1, 1)}, folder / "fake_net.pth")
+    return folder
+
+
+def test_batched_annotator_in_workers_and_in_one_annotating_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(annotators._BUILTIN, "fake_net", f"{__name__}:FakeNet")
+    folder = tmp_path / "images"
+    for i in range(6):
+        write_photo(folder / f"{i}.png", i, 64, 64, fmt="PNG")
+    weights = str(_fake_weights(tmp_path / "weights"))
+    params = {"fake_net": {"weights": weights, "batch_size": 4}}
+
+    FakeNet.batches.clear()
+    build(config(folder, tmp_path / "one", names=("fake_net",), params=params, keep_size=True))
+    assert FakeNet.batches == [4, 2]  # one forward pass per batch of --batch-size images
+    for row in rows(tmp_path / "one"):
+        image = reference_pixels(folder / row["file_name"]).astype(np.float32)
+        expected = np.clip(np.round(image[:, :, 0] * 0.25 + image[:, :, 1] * 0.5 + image[:, :, 2] * 0.25), 0, 255)
+        assert np.abs(pixels(row["conditioning_image"]["bytes"]).astype(int) - expected).max() <= 1
+
+    FakeNet.batches.clear()
+    build(config(folder, tmp_path / "central", names=("fake_net",), params={"fake_net": {"weights": weights, "batch_size": 3}}, keep_size=True, workers=2, central=True))
+    assert FakeNet.batches == [3, 3]  # annotated here, while the workers decoded
+    assert [r["conditioning_image"] for r in rows(tmp_path / "central")] == [r["conditioning_image"] for r in rows(tmp_path / "one")]
+
+    # batch size and weights location are runtime options: resuming with others is allowed
+    build(config(folder, tmp_path / "one", names=("fake_net",), params={"fake_net": {"weights": weights, "batch_size": 2}}, keep_size=True))
+
+
+def test_missing_weights_stop_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(annotators._BUILTIN, "fake_net", f"{__name__}:FakeNet")
+    monkeypatch.delenv("CN_ANNOTATE_WEIGHTS", raising=False)
+    write_photo(tmp_path / "images" / "a.jpg", 0, 64, 64)
+    with pytest.raises(BuildError, match="fake_net.pth not found"):
+        build(config(tmp_path / "images", tmp_path / "ds", names=("fake_net",), params={"fake_net": {"weights": str(tmp_path / "nowhere")}}))
