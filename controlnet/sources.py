@@ -203,16 +203,17 @@ class DatasetSource(Source):
         except Exception as err:  # datasets raises many types (offline, missing split, bad files)
             raise SourceError(f"{spec}: cannot load the dataset ({type(err).__name__}: {err})") from None
         columns = list(dataset.column_names or dataset.features or [])
-        if image_column not in columns:
-            raise SourceError(f"{spec}: no column {image_column!r} (columns: {', '.join(columns)}); choose one with --image-column")
-        if caption_column is None and "text" in columns:
-            caption_column = "text"
-        if caption_column is not None and caption_column not in columns:
-            raise SourceError(f"{spec}: no column {caption_column!r} (columns: {', '.join(columns)}); choose one with --caption-column")
+        if columns:  # a streamed dataset may not know its columns before the first row
+            if image_column not in columns:
+                raise SourceError(f"{spec}: no column {image_column!r} (columns: {', '.join(columns)}); choose one with --image-column")
+            if caption_column is None and "text" in columns:
+                caption_column = "text"
+            if caption_column is not None and caption_column not in columns:
+                raise SourceError(f"{spec}: no column {caption_column!r} (columns: {', '.join(columns)}); choose one with --caption-column")
+            dataset = dataset.select_columns([image_column] + ([caption_column] if caption_column else []))
         if isinstance(dataset.features.get(image_column) if dataset.features else None, datasets.Image):
             dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        keep = [image_column] + ([caption_column] if caption_column else [])
-        self.dataset = dataset.select_columns(keep)
+        self.dataset = dataset
         self.image_column = image_column
         self.caption_column = caption_column
         self.prompt = prompt

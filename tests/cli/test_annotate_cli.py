@@ -153,3 +153,19 @@ def test_resume_after_the_process_is_killed(tmp_path: Path, stop: signal.Signals
     assert skipped == ["bad.jpg"]
     assert shard_paths(output)[0].read_bytes() == first_shard
     assert not list((output / "data").glob(".*"))
+
+
+def test_min_keypoints_option_for_annotators_that_find_people(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    import annotators
+
+    monkeypatch.setitem(annotators._BUILTIN, "fake_pose", "tests.controlnet.test_build:FakePose")
+    images = tmp_path / "images"
+    images.mkdir()
+    for red in (0, 120, 250):
+        Image.new("RGB", (64, 64), (red, 0, 0)).save(images / f"red{red:03d}.png")
+    code, output = run("fake_pose", str(images), "-o", str(tmp_path / "ds"), "--workers", "1", "--keep-size", "--min-keypoints", "13")
+    assert code == 0, output
+    assert names(tmp_path / "ds") == ["red250.png"] and "too few keypoints: 2" in output
+    assert "--min-keypoints" not in run("canny", "--help")[1]
