@@ -20,8 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "ImageError",
     "DecodedImage",
+    "ImageError",
     "decode_image",
     "decode_image_info",
     "encode_png",

@@ -47,8 +47,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from annotators.image import hwc3, resize_image  # noqa: E402
-from controlnet.build import default_workers  # noqa: E402
+from annotators.image import hwc3, resize_image
+from controlnet.build import default_workers
 
 RESOLUTION = 512
 

@@ -42,8 +42,14 @@ import numpy as np
 
 import annotators
 from annotators.base import Annotation, Annotator, AnnotatorConfig
+from annotators.image import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    decode_image_info,
+    encode_png,
+    resize_image,
+)
 from annotators.neural import NeuralAnnotator
-from annotators.image import DEFAULT_MAX_PIXELS, ImageError, decode_image_info, encode_png, resize_image
 from controlnet.sources import DEFAULT_PROMPT, Source, SourceItem, open_source
 
 __all__ = [

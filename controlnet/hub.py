@@ -18,7 +18,11 @@ class HubError(RuntimeError):
 def push_dataset(output: Path, repo_id: str, *, private: bool = False) -> str:
     """Upload the dataset folder ``output`` to the dataset repo ``repo_id``; returns its URL."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalTokenNotFoundError,
+        OfflineModeIsEnabled,
+    )
 
     from controlnet.build import BUILD_FILE, shard_paths
 

@@ -23,9 +23,9 @@ from typing import Any
 __all__ = [
     "DEFAULT_PROMPT",
     "IMAGE_SUFFIXES",
+    "Source",
     "SourceError",
     "SourceItem",
-    "Source",
     "open_source",
 ]
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from annotators.image import ImageError, decode_image, decode_image_info, encode_png, hwc3
+from annotators.image import (
+    ImageError,
+    decode_image,
+    decode_image_info,
+    encode_png,
+    hwc3,
+)
 
 
 def _jpeg(pixels: np.ndarray, orientation: int = 1, **save: object) -> bytes:

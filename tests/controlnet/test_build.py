@@ -19,10 +19,17 @@ from annotators.base import Annotation, AnnotatorConfig, PerImageAnnotator, para
 from annotators.image import hwc3, resize_image
 from annotators.neural import NeuralAnnotator
 from annotators.weights import load_strict
-from controlnet.build import BuildConfig, BuildError, BuildProgress, build, count_keypoints, shard_paths
+from controlnet.build import (
+    BuildConfig,
+    BuildError,
+    BuildProgress,
+    build,
+    count_keypoints,
+    shard_paths,
+)
 from controlnet.card import contact_sheet
 from controlnet.sources import DEFAULT_PROMPT
-from tests.controlnet.helpers import encode, photo, write_bad_files, write_photo
+from tests.controlnet.helpers import encode, write_bad_files, write_photo
 
 
 def config(source: Path | str, output: Path, names: tuple[str, ...] = ("canny",), params: dict[str, dict[str, Any]] | None = None, **options: Any) -> BuildConfig:
