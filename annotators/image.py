@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,8 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
     "ImageError",
     "decode_image",
+    "decode_image_info",
     "encode_png",
     "hwc3",
     "load_image",
@@ -56,7 +59,8 @@ def hwc3(x: np.ndarray) -> np.ndarray:
     if channels == 3:
         return x
     if channels == 1:
-        return np.repeat(x, 3, axis=2)
+        # Same as repeating the channel three times; cvtColor is several times faster than np.repeat.
+        return cv2.cvtColor(np.ascontiguousarray(x[:, :, 0]), cv2.COLOR_GRAY2RGB)
     rgb = x[:, :, :3].astype(np.float32)
     alpha = x[:, :, 3:4].astype(np.float32) / 255.0
     blended = rgb * alpha + 255.0 * (1.0 - alpha)
@@ -102,22 +106,76 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         return hwc3(np.asarray(img))
-    if img.mode == "L":
-        return hwc3(np.asarray(img))
+    if img.mode in ("L", "RGB"):
+        return hwc3(np.asarray(img))  # no convert("RGB"): it would copy the pixels once more
     return np.asarray(img.convert("RGB"))
 
 
-def decode_image(
+@dataclass(frozen=True)
+class DecodedImage:
+    """Decoded pixels plus what a dataset builder needs to know to keep the original file.
+
+    ``plain`` is true when the pixels are exactly what any reader gets by decoding the file and
+    converting it to RGB: no EXIF rotation was applied and there was no alpha or high bit depth.
+    """
+
+    pixels: np.ndarray
+    format: str
+    plain: bool
+
+
+# EXIF orientation -> the numpy operations that undo it (as ImageOps.exif_transpose does).
+_ORIENTATION_OPS: dict[int, tuple[str, ...]] = {
+    2: ("fliplr",),
+    3: ("rot180",),
+    4: ("flipud",),
+    5: ("transpose",),
+    6: ("rot270",),
+    7: ("transverse",),
+    8: ("rot90",),
+}
+
+
+def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    for op in _ORIENTATION_OPS.get(orientation, ()):
+        if op == "fliplr":
+            pixels = pixels[:, ::-1]
+        elif op == "flipud":
+            pixels = pixels[::-1]
+        elif op == "rot180":
+            pixels = pixels[::-1, ::-1]
+        elif op == "transpose":
+            pixels = pixels.transpose(1, 0, 2)
+        elif op == "transverse":
+            pixels = pixels[::-1, ::-1].transpose(1, 0, 2)
+        elif op == "rot90":  # counter-clockwise, like PIL's ROTATE_90
+            pixels = pixels.transpose(1, 0, 2)[::-1]
+        elif op == "rot270":
+            pixels = pixels.transpose(1, 0, 2)[:, ::-1]
+    return np.ascontiguousarray(pixels)
+
+
+def _decode_jpeg_fast(data: bytes, mode: str) -> np.ndarray | None:
+    """OpenCV's JPEG decoder, about 1.5x faster than Pillow's and bit-identical to it for 8-bit
+    RGB and gray baseline or progressive files (both use libjpeg-turbo's default, exact IDCT and
+    fancy upsampling). Only complete files (ending with the EOI marker) take this path: OpenCV
+    fills truncated files with gray instead of failing, so those go through Pillow, which refuses
+    them. Returns None when the fast path does not apply."""
+    if mode not in ("RGB", "L") or not data.endswith(b"\xff\xd9"):
+        return None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_image_info(
     data: bytes | str | os.PathLike[str],
     *,
     source: str | os.PathLike[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> np.ndarray:
-    """Decode an encoded image (bytes or a path) into HxWx3 uint8 RGB with EXIF orientation applied.
-
-    Raises :class:`ImageError` naming ``source`` (or the path) for empty, corrupt, truncated,
-    unsupported or over-size input.
-    """
+) -> DecodedImage:
+    """:func:`decode_image`, also telling the format and whether the file could be used as is."""
     if not isinstance(data, bytes):
         source = data if source is None else source
         try:
@@ -135,10 +193,18 @@ def decode_image(
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageError(source, f"image too large ({width}x{height} > {max_pixels} pixels)")
+            exif = img.getexif()
+            orientation = int(exif.get(0x0112, 1)) if exif else 1
+            plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
+            if img.format == "JPEG":
+                fast = _decode_jpeg_fast(data, img.mode)
+                if fast is not None and fast.shape[:2] == (height, width):
+                    return DecodedImage(_apply_orientation(fast, orientation), img.format, plain)
+            fmt = img.format
             img.seek(0)  # first frame of animations
-            img = ImageOps.exif_transpose(img) if img.getexif() else img
+            img = ImageOps.exif_transpose(img) if exif else img
             img.load()
-            return np.ascontiguousarray(_to_rgb_array(img))
+            return DecodedImage(np.ascontiguousarray(_to_rgb_array(img)), fmt, plain)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -149,21 +215,38 @@ def decode_image(
         raise ImageError(source, f"corrupt or truncated image ({err})") from None
 
 
+def decode_image(
+    data: bytes | str | os.PathLike[str],
+    *,
+    source: str | os.PathLike[str] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode an encoded image (bytes or a path) into HxWx3 uint8 RGB with EXIF orientation applied.
+
+    Raises :class:`ImageError` naming ``source`` (or the path) for empty, corrupt, truncated,
+    unsupported or over-size input.
+    """
+    return decode_image_info(data, source=source, max_pixels=max_pixels).pixels
+
+
 def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read and decode the image at ``path``; see :func:`decode_image`."""
     return decode_image(path, max_pixels=max_pixels)
 
 
-def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int = 1) -> bytes:
+def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int | None = None) -> bytes:
     """Lossless PNG bytes for an RGB (or gray) uint8 map; ``grayscale`` stores only channel 0.
 
-    Compression level 1 keeps encoding fast; PNG is lossless at every level.
+    By default OpenCV's own settings (fast level, RLE strategy) are used: on condition maps they
+    encode 3-4x faster than an explicit level 1, which switches zlib to its default strategy.
+    PNG is lossless at every level.
     """
     if grayscale and image.ndim == 3:
-        image = image[:, :, 0]
+        image = cv2.extractChannel(image, 0)  # contiguous, faster than copying a numpy slice
     elif image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    ok, buf = cv2.imencode(".png", image, params)
     if not ok:
         raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
     return buf.tobytes()

@@ -3,6 +3,9 @@
     cn-annotate list                          the annotators, and whether their weights are present
     cn-annotate canny --help                  an annotator's parameters with their defaults
     cn-annotate canny photo.jpg -o edges.png  annotate one file, for a quick look
+    cn-annotate canny ./images -o ./ds        build a paired ControlNet training dataset
+    cn-annotate canny,scribble_xdog ./images -o ./ds   several condition columns in one pass
+    cn-annotate push ./ds user/my-dataset     share it on the Hub
 
 Each annotator id is a subcommand built from its config dataclass, so plug-ins get the same
 command line as the built-in annotators.
@@ -12,20 +15,23 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.core import TyperGroup
 
 import annotators
 from annotators.base import AnnotatorConfig
-from annotators.image import ImageError, encode_png, load_image, resize_image
-from cli.common import EXIT_USAGE, fail
+from annotators.image import DEFAULT_MAX_PIXELS, ImageError, encode_png, load_image, resize_image
+from cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail
+from controlnet.sources import DEFAULT_PROMPT, IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+EXIT_INTERRUPTED = 130
 
 
 def _option_name(field_name: str) -> str:
@@ -120,20 +126,157 @@ def annotate_file(annotator: annotators.Annotator, source: Path, output: Path, r
         Image.fromarray(condition).save(output)
 
 
-def _run_annotator(names: list[str], input_path: Path, output: Path, resolution: int, keep_size: bool, settings: tuple[str, ...], direct: dict[str, Any]) -> None:
-    chosen = build_annotators(names, collect_params(names, settings, direct))
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """The dataset-builder options of an annotator subcommand (besides the annotators' own)."""
+
+    resolution: int
+    keep_size: bool
+    prompt: str
+    image_column: Optional[str]  # noqa: UP007
+    caption_column: Optional[str]  # noqa: UP007
+    split: str
+    workers: int
+    batch_size: Optional[int]  # noqa: UP007
+    shard_size: int
+    min_keypoints: int
+    max_pixels: int
+    overwrite: bool
+    strict: bool
+    preview: Optional[Path]  # noqa: UP007
+
+
+def _build_parameters(classes: list[type[annotators.Annotator]]) -> list[inspect.Parameter]:
+    from controlnet.build import default_workers
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+
+    def option(name: str, default: Any, annotation: Any, *flags: str, **kwargs: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, keyword, default=default, annotation=Annotated[annotation, typer.Option(*flags, **kwargs)])
+
+    build_panel = "Dataset build"
+    parameters = [
+        option("prompt", DEFAULT_PROMPT, str, help="caption of images with no sidecar .txt, metadata file or caption column", rich_help_panel=build_panel),
+        option("image_column", None, Optional[str], help="image column of a dataset input (default: image)", rich_help_panel=build_panel),  # noqa: UP007
+        option("caption_column", None, Optional[str], help="caption column of a dataset input (default: text, if present)", rich_help_panel=build_panel),  # noqa: UP007
+        option("split", "train", str, help="split of a dataset input", rich_help_panel=build_panel),
+        option("workers", default_workers(), int, min=1, help="worker processes (default: all cores)", rich_help_panel=build_panel),
+        option("batch_size", None, Optional[int], min=1, help="images per batch for batched annotators, and per task", rich_help_panel=build_panel),  # noqa: UP007
+        option("shard_size", 1000, int, min=1, help="rows per Parquet shard", rich_help_panel=build_panel),
+        option("max_pixels", DEFAULT_MAX_PIXELS, int, min=1, help="larger images are skipped", rich_help_panel=build_panel),
+        option("overwrite", False, bool, "--overwrite", help="replace an output folder built with other settings", rich_help_panel=build_panel),
+        option("strict", False, bool, "--strict", help="exit 1 if any input was skipped", rich_help_panel=build_panel),
+        option("preview", None, Optional[Path], "--preview", metavar="FILE.png", help="also write a contact sheet of image and condition pairs", rich_help_panel=build_panel),  # noqa: UP007
+    ]
+    if any(cls.finds_data for cls in classes):
+        parameters.append(option("min_keypoints", 0, int, min=0, help="skip images with fewer body keypoints found", rich_help_panel=build_panel))
+    return parameters
+
+
+def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_spec: str, output: Path, options: BuildOptions) -> None:
+    from controlnet.build import BuildConfig, BuildError, BuildProgress, build
+    from controlnet.card import contact_sheet
+    from controlnet.sources import SourceError
+
+    try:
+        config = BuildConfig(
+            input=input_spec,
+            output=output,
+            annotators=tuple((name, annotator.config) for name, annotator in zip(names, chosen)),
+            resolution=options.resolution,
+            keep_size=options.keep_size,
+            prompt=options.prompt,
+            image_column=options.image_column,
+            caption_column=options.caption_column,
+            split=options.split,
+            workers=options.workers,
+            batch_size=options.batch_size,
+            shard_size=options.shard_size,
+            min_keypoints=options.min_keypoints,
+            max_pixels=options.max_pixels,
+            overwrite=options.overwrite,
+        )
+    except ValueError as err:
+        fail(str(err), EXIT_USAGE)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("[progress.data.speed]{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA [progress.remaining]{task.fields[eta]}"),
+        console=err_console,
+        auto_refresh=False,  # no refresh thread, so worker processes are forked from a single thread
+    )
+    task_id: Any = None
+    last_refresh = started = 0.0
+
+    def report(state: BuildProgress) -> None:
+        nonlocal task_id, last_refresh, started
+        now = time.monotonic()
+        if task_id is None:
+            started = now
+            task_id = progress.add_task(",".join(names), total=state.total, completed=state.done_before, rate="- img/s", eta="-:--:--")
+            if state.done_before:
+                err_console.print(f"resuming: {state.done_before} of {state.total} inputs already done")
+        # Rate and ETA over this run so far: steadier than Rich's windowed speed, and a resumed
+        # run's head start does not count as speed.
+        done = state.done_before + state.processed
+        rate = state.processed / (now - started) if now > started else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime((state.total - done) / rate)) if rate and state.total >= done else "-:--:--"
+        progress.update(task_id, completed=done, rate=f"{rate:.1f} img/s" if rate else "- img/s", eta=eta)
+        if now - last_refresh > 0.2 or done >= state.total:
+            progress.refresh()
+            last_refresh = now
+
+    try:
+        with progress:
+            result = build(config, report)
+    except (BuildError, SourceError) as err:
+        fail(str(err), EXIT_USAGE)
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted:[/] finished rows are kept in {output}; run the same command again to continue")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    summary = Table(title=f"dataset {output}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("rows", f"{result.rows} ({result.rows_added} added now)")
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(result.skip_kinds.items()))
+    summary.add_row("skipped", f"{result.skipped} ({result.skipped_added} now)" + (f"; {kinds}; see {output / 'skipped.jsonl'}" if result.skipped else ""))
+    summary.add_row("time", f"{result.seconds:.1f} s, {result.images_per_second:.1f} images/s")
+    summary.add_row("load with", f'datasets.load_dataset("{output}", split="train")')
+    Console().print(summary)
+    if options.preview is not None:
+        try:
+            drawn = contact_sheet(output, options.preview)
+            Console().print(f"wrote {options.preview} ({drawn} rows)")
+        except ValueError as err:
+            err_console.print(f"[yellow]no preview:[/] {err}")
+    if options.strict and result.skipped:
+        fail(f"{result.skipped} input(s) skipped (--strict)", EXIT_FAILURE)
+
+
+def _run_annotator(names: list[str], input_spec: str, output: Path, options: BuildOptions, settings: tuple[str, ...], direct: dict[str, Any]) -> None:
+    params = collect_params(names, settings, direct)
+    if options.batch_size is not None:  # batched annotators take it as their own batch size
+        for name in names:
+            if any(f.name == "batch_size" for f in dataclasses.fields(annotators.get_class(name).Config)):
+                params[name].setdefault("batch_size", options.batch_size)
+    chosen = build_annotators(names, params)
     if output.suffix.lower() in IMAGE_SUFFIXES:
+        input_path = Path(input_spec)
         if len(chosen) != 1:
             fail("writing a single map needs a single annotator; give an output folder for several", EXIT_USAGE)
         if not input_path.is_file():
             fail(f"{input_path}: not a file (a single map is written from a single image)", EXIT_USAGE)
         try:
-            annotate_file(chosen[0], input_path, output, None if keep_size else resolution)
+            annotate_file(chosen[0], input_path, output, None if options.keep_size else options.resolution)
         except ImageError as err:
             fail(str(err))
         Console().print(f"wrote {output}")
         return
-    fail(f"{output}: building a dataset folder is not available yet; give an image file name (e.g. out.png)", EXIT_USAGE)
+    _build_dataset(names, chosen, input_spec, output, options)
 
 
 def annotator_command(spec: str) -> Any:
@@ -146,18 +289,25 @@ def annotator_command(spec: str) -> Any:
     single = len(classes) == 1
     keyword = inspect.Parameter.KEYWORD_ONLY
     parameters = [
-        inspect.Parameter("input_path", keyword, annotation=Annotated[Path, typer.Argument(exists=True, metavar="INPUT", help="image file")]),
-        inspect.Parameter("output", keyword, annotation=Annotated[Path, typer.Option("-o", "--output", help="output image file (.png)")]),
+        inspect.Parameter("input_spec", keyword, annotation=Annotated[str, typer.Argument(metavar="INPUT", help="image folder (searched recursively), image, text file listing paths, dataset folder or Hub dataset id")]),
+        inspect.Parameter("output", keyword, annotation=Annotated[Path, typer.Option("-o", "--output", help="dataset folder, or an image file (.png) for a single image")]),
         inspect.Parameter("resolution", keyword, default=512, annotation=Annotated[int, typer.Option(min=64, help="short side, rounded to multiples of 64 (reference resize_image)")]),
         inspect.Parameter("keep_size", keyword, default=False, annotation=Annotated[bool, typer.Option("--keep-size", help="annotate at the original size")]),
         inspect.Parameter("settings", keyword, default=[], annotation=Annotated[list[str], typer.Option("--set", metavar="[ANNOTATOR.]PARAM=VALUE", help="set a parameter (repeatable)")]),
     ]
-    if single:
-        parameters += _config_parameters(classes[0].Config)
+    build_parameters = _build_parameters(classes)
+    taken = {p.name for p in parameters + build_parameters}
+    if single:  # an annotator parameter named like a build option (batch_size) is set through the latter
+        parameters += [p for p in _config_parameters(classes[0].Config) if p.name not in taken]
+    parameters += build_parameters
+    build_names = {p.name for p in build_parameters}
     description = classes[0].description if single else "Several annotators in one pass: " + ", ".join(names)
 
-    def command(*, input_path: Path, output: Path, resolution: int, keep_size: bool, settings: list[str], **direct: Any) -> None:
-        _run_annotator(names, input_path, output, resolution, keep_size, tuple(settings), direct)
+    def command(*, input_spec: str, output: Path, resolution: int, keep_size: bool, settings: list[str], **rest: Any) -> None:
+        build_values = {name: rest.pop(name) for name in list(rest) if name in build_names}
+        build_values.setdefault("min_keypoints", 0)
+        options = BuildOptions(resolution=resolution, keep_size=keep_size, **build_values)
+        _run_annotator(names, input_spec, output, options, tuple(settings), rest)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -207,6 +357,22 @@ def list_annotators() -> None:
             weights = "[green]present[/]" if cls.weights_present() else "[yellow]missing[/]"  # type: ignore[attr-defined]
         table.add_row(info.name, info.description, weights, info.source)
     Console().print(table)
+
+
+@app.command("push")
+def push(
+    output: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="a dataset folder built by cn-annotate")],
+    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="dataset repository, e.g. user/my-dataset")],
+    private: Annotated[bool, typer.Option("--private", help="create the repository private")] = False,
+) -> None:
+    """Upload a built dataset to the Hugging Face Hub (uses `hf auth login` or HF_TOKEN)."""
+    from controlnet.hub import HubError, push_dataset
+
+    try:
+        url = push_dataset(output, repo_id, private=private)
+    except HubError as err:
+        fail(str(err))
+    Console().print(f"pushed {output} to {url}")
 
 
 def main() -> None:

@@ -1,0 +1,199 @@
+"""Benchmark of the dataset builder: `cn-annotate canny` against bare single-process loops.
+
+    OMP_NUM_THREADS=1 python bench/annotate.py                 # 500 photos, then 5000 for peak RSS
+    OMP_NUM_THREADS=1 python bench/annotate.py --images 500 --large 0 --workers 2
+
+The photos are JPEGs (quality 90) made from scikit-image's bundled colour photographs by random
+crops and resizes (short side 400-900 pixels, so most need resizing to 512), written once to a
+temporary folder. Compared in one run, on the same photos:
+
+* ``cn-annotate canny`` with 1 worker and with N workers (default: all cores), each in a fresh
+  subprocess; the time is that of the command itself (listing, decoding, annotating, writing the
+  Parquet shards and the card), after Python has started and imported its modules;
+* a bare loop: ``cv2.imread``, ``resize_image``, ``cv2.Canny``, ``cv2.imencode`` to PNG;
+* a one-image-at-a-time loop in the style of controlnet_aux: PIL, numpy, HWC3, resize, Canny,
+  HWC3, PIL, PNG.
+
+With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
+multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
+resized photos, which the bare loops do not do.
+
+The machine may be shared, so the bare loop and both builder runs are repeated, interleaved,
+``--repeat`` times (default 3) and each keeps its best time; the controlnet_aux-style loop, which is
+only there for scale, runs once. OpenCV runs single-threaded in every variant (the builder sets this in its workers), so "1
+worker" means one core. Peak RSS is the builder's main process and its largest worker, from
+``getrusage``; with ``--large`` the builder runs again on that many photos to show that memory does
+not grow with the number of images. Targets: N=2 workers at least 1.6x the bare loop, 1 worker at
+least 0.9x, peak RSS at 5000 photos within 10% of the figure at 500.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from annotators.image import hwc3, resize_image
+from controlnet.build import default_workers
+
+RESOLUTION = 512
+
+_RUNNER = """
+import json, resource, sys, time
+import cli.annotate, controlnet.build, controlnet.card, controlnet.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+sys.argv = ["cn-annotate", *json.loads(sys.argv[1])]
+start = time.perf_counter()
+try:
+    cli.annotate.main()
+    code = 0
+except SystemExit as exit:
+    code = exit.code or 0
+seconds = time.perf_counter() - start
+print("BENCH " + json.dumps({"code": code, "seconds": seconds,
+      "main_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+      "worker_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def make_photos(folder: Path, count: int, seed: int = 0, ready: bool = False) -> list[Path]:
+    """``count`` JPEG photos from random crops and resizes of the bundled colour photographs;
+    ``ready``: at sizes ``resize_image`` keeps (short side 512, sides multiples of 64)."""
+    from skimage import data
+
+    sources = [getattr(data, name)() for name in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")]
+    sources = [hwc3(image) for image in sources]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        image = sources[index % len(sources)]
+        height, width = image.shape[:2]
+        crop_h, crop_w = (int(side * rng.uniform(0.5, 1.0)) for side in (height, width))
+        top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+        crop = image[top : top + crop_h, left : left + crop_w]
+        short = RESOLUTION if ready else int(rng.integers(400, 901))
+        scale = short / min(crop_h, crop_w)
+        size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
+        if ready:
+            size = tuple(max(RESOLUTION, round(side / 64) * 64) for side in size)
+        photo = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        path = folder / f"{index:05d}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        paths.append(path)
+    return paths
+
+
+def bare_loop(paths: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        image = cv2.imread(str(path))
+        image = resize_image(image, RESOLUTION)
+        edges = cv2.Canny(image, 100, 200)
+        ok, _ = cv2.imencode(".png", edges)
+        assert ok
+    return time.perf_counter() - start
+
+
+def aux_style_loop(paths: list[Path]) -> float:
+    """What annotating one image at a time through PIL looks like (controlnet_aux's CannyDetector)."""
+    start = time.perf_counter()
+    for path in paths:
+        image = np.array(Image.open(path).convert("RGB"), dtype=np.uint8)
+        image = resize_image(hwc3(image), RESOLUTION)
+        edges = hwc3(cv2.Canny(image, 100, 200))
+        buffer = io.BytesIO()
+        Image.fromarray(edges).save(buffer, "PNG")
+    return time.perf_counter() - start
+
+
+def cn_annotate(folder: Path, output: Path, workers: int) -> dict[str, float]:
+    shutil.rmtree(output, ignore_errors=True)
+    args = ["canny", str(folder), "-o", str(output), "--workers", str(workers)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"cn-annotate failed:\n{done.stdout}\n{done.stderr}")
+    result = json.loads(line.removeprefix("BENCH "))
+    if result["code"] != 0:
+        raise SystemExit(f"cn-annotate exited with {result['code']}:\n{done.stdout}\n{done.stderr}")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=500, help="photos in the comparison")
+    parser.add_argument("--large", type=int, default=5000, help="photos in the peak-RSS run (0: skip it)")
+    parser.add_argument("--workers", type=int, default=default_workers(), help="N, the workers of the parallel run")
+    parser.add_argument("--ready", action="store_true", help="photos already at training size: no resize, no re-encoding")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each timed variant; the best counts")
+    parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cn-annotate-bench-"))
+    try:
+        kind = "ready" if args.ready else "photos"
+        photos = workdir / f"{kind}-{args.images}"
+        if not photos.is_dir():
+            make_photos(photos, args.images, ready=args.ready)
+        paths = sorted(photos.glob("*.jpg"))
+        rows: list[tuple[str, int, float, dict[str, float] | None]] = []
+        bare = float("inf")
+        one: dict[str, float] = {"seconds": float("inf")}
+        many: dict[str, float] = {"seconds": float("inf")}
+        for _ in range(args.repeat):  # interleaved, so that a busy spell on a shared machine hits all alike
+            bare = min(bare, bare_loop(paths))
+            one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=lambda run: run["seconds"])
+            many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=lambda run: run["seconds"])
+        rows.append(("bare loop (cv2)", len(paths), bare, None))
+        rows.append(("controlnet_aux style loop", len(paths), aux_style_loop(paths), None))
+        rows.append(("cn-annotate canny, 1 worker", len(paths), one["seconds"], one))
+        rows.append((f"cn-annotate canny, {args.workers} workers", len(paths), many["seconds"], many))
+        large = None
+        if args.large:
+            big = workdir / f"{kind}-{args.large}"
+            if not big.is_dir():
+                make_photos(big, args.large, ready=args.ready)
+            large = cn_annotate(big, workdir / "out-large", args.workers)
+            rows.append((f"cn-annotate canny, {args.workers} workers", args.large, large["seconds"], large))
+
+        print(f"{'method':<34} {'images':>6} {'seconds':>8} {'images/s':>9} {'vs bare':>8} {'main RSS':>9} {'worker RSS':>10}")
+        bare_rate = len(paths) / bare
+        for name, count, seconds, stats in rows:
+            rate = count / seconds
+            main_rss = f"{stats['main_rss_kb'] / 1024:.0f} MiB" if stats else "-"
+            worker_rss = f"{stats['worker_rss_kb'] / 1024:.0f} MiB" if stats and stats["worker_rss_kb"] else "-"
+            print(f"{name:<34} {count:>6} {seconds:>8.2f} {rate:>9.1f} {rate / bare_rate:>7.2f}x {main_rss:>9} {worker_rss:>10}")
+
+        print()
+        ratio_one = (len(paths) / one["seconds"]) / bare_rate
+        ratio_many = (len(paths) / many["seconds"]) / bare_rate
+        print(f"1 worker vs bare loop: {ratio_one:.2f}x (target >= 0.9x)")
+        print(f"{args.workers} workers vs bare loop: {ratio_many:.2f}x" + (" (target >= 1.6x with 2 workers)" if args.workers == 2 else ""))
+        if large is not None:
+            for key, label in (("main_rss_kb", "main process"), ("worker_rss_kb", "largest worker")):
+                if many[key] and large[key]:
+                    growth = large[key] / many[key] - 1
+                    print(f"peak RSS, {label}: {many[key] / 1024:.0f} MiB at {len(paths)} images, {large[key] / 1024:.0f} MiB at {args.large} ({growth:+.1%}, target within 10%)")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The dataset card (``README.md``) of a built dataset, and a contact sheet for a quick look.
+
+The card's YAML header carries the ``configs`` the Hub's viewer and ``load_dataset`` read; its
+body records how the dataset was made (annotators, parameters, package versions), how many
+images it holds and how many were skipped, and a few preview rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CardInfo", "contact_sheet", "package_versions", "write_card"]
+
+_PACKAGES = ("cn-annotate", "numpy", "opencv-contrib-python", "pillow", "datasets", "pyarrow")
+
+
+@dataclass(frozen=True)
+class CardInfo:
+    identity: dict[str, Any]
+    annotators: list[str]
+    columns: list[str]
+    rows: int
+    skip_kinds: dict[str, int]
+    no_person: int | None  # images with no person found, for annotators that find people
+    preview: list[dict[str, Any]]
+    versions: dict[str, str]
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skip_kinds.values())
+
+
+def package_versions(with_torch: bool = False) -> dict[str, str]:
+    """Versions of the packages that determine the output."""
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES + (("torch",) if with_torch else ()):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _size_category(rows: int) -> str:
+    for limit, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return label
+    return "n>1M"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def render_card(info: CardInfo) -> str:
+    names = ", ".join(f"`{name}`" for name in info.annotators)
+    resolution = info.identity.get("resolution")
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: data/train-*",
+        "tags:",
+        "- controlnet",
+        "- cn-annotate",
+        "size_categories:",
+        f"- {_size_category(info.rows)}",
+        "---",
+        "",
+        f"# ControlNet training pairs: {names}",
+        "",
+        f"Made with cn-annotate: each image is paired with the condition map of {names}. "
+        "The columns are the defaults of diffusers' `train_controlnet.py`, so it trains on this dataset as it is:",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        'dataset = load_dataset("path/or/repo-id", split="train")',
+        "```",
+        "",
+        "## Columns",
+        "",
+        "| column | content |",
+        "|---|---|",
+    ]
+    described = {
+        "image": "the input image, resized like the reference `resize_image`"
+        + (f" (short side {resolution}, sides multiples of 64)" if resolution else " (original size)")
+        + "; when no resize was needed, the original file unchanged",
+        "conditioning_image": f"the condition map of `{info.annotators[0]}` (lossless PNG), same size as `image`",
+        "text": "caption: sidecar `.txt`, then `metadata.jsonl`/`metadata.csv`, then the dataset's caption column, else the default prompt",
+        "file_name": "the image's path relative to the input",
+        "annotator": "the annotator id(s)",
+        "width": "width of `image` and the maps",
+        "height": "height of `image` and the maps",
+    }
+    for column in info.columns:
+        if column in described:
+            text = described[column]
+        elif column.startswith("keypoints"):
+            text = "OpenPose JSON (`people`, `canvas_width`, `canvas_height`)"
+        else:
+            text = f"the condition map of `{column}` (lossless PNG)"
+        lines.append(f"| `{column}` | {text} |")
+    lines += [
+        "",
+        "## How it was made",
+        "",
+        "| annotator | parameters |",
+        "|---|---|",
+    ]
+    for name, params in info.identity.get("annotators", {}).items():
+        shown = ", ".join(f"{key}={value!r}" for key, value in params.items()) or "(none)"
+        lines.append(f"| `{name}` | {_cell(shown)} |")
+    lines += [
+        "",
+        f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
+        f"- Default prompt: {info.identity.get('prompt')!r}",
+    ]
+    if info.identity.get("min_keypoints"):
+        lines.append(f"- Images with fewer than {info.identity['min_keypoints']} body keypoints were skipped")
+    lines.append("- Packages: " + ", ".join(f"{name} {version}" for name, version in info.versions.items()))
+    lines += [
+        "",
+        "## Contents",
+        "",
+        f"- Rows: {info.rows}",
+        f"- Skipped inputs: {info.skipped}" + (" (" + ", ".join(f"{kind}: {count}" for kind, count in sorted(info.skip_kinds.items())) + ")" if info.skipped else "")
+        + (" — listed with their reasons in `skipped.jsonl`" if info.skipped else ""),
+    ]
+    if info.no_person is not None:
+        lines.append(f"- Images with no person found: {info.no_person}")
+    if info.preview:
+        lines += ["", "## Preview", "", "| file_name | size | text |", "|---|---|---|"]
+        for row in info.preview:
+            lines.append(f"| {_cell(row['file_name'])} | {row['width']}x{row['height']} | {_cell(row['text'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_card(output: Path, info: CardInfo) -> None:
+    """Write ``output/README.md`` atomically."""
+    tmp = output / ".README.md.tmp"
+    tmp.write_text(render_card(info), encoding="utf-8")
+    os.replace(tmp, output / "README.md")
+
+
+def contact_sheet(output: Path, destination: Path, rows: int = 8, height: int = 160) -> int:
+    """A PNG of the first ``rows`` rows: the image, then each condition map, side by side.
+    Returns the number of rows drawn."""
+    import pyarrow.parquet as pq
+    from PIL import Image, ImageDraw
+
+    from controlnet.build import BUILD_FILE, shard_paths
+
+    annotator_ids = list(json.loads((output / BUILD_FILE).read_text(encoding="utf-8"))["annotators"])
+    columns = ["image", "conditioning_image"] if len(annotator_ids) == 1 else ["image", *annotator_ids]
+    labels = ["image", *annotator_ids]
+    tiles: list[list[Image.Image]] = []
+    for path in shard_paths(output):
+        table = pq.read_table(path, columns=columns).slice(0, rows - len(tiles))
+        for record in table.to_pylist():
+            row = []
+            for column in columns:
+                picture = Image.open(io.BytesIO(record[column]["bytes"])).convert("RGB")
+                width = max(1, round(picture.width * height / picture.height))
+                row.append(picture.resize((width, height), Image.Resampling.BILINEAR))
+            tiles.append(row)
+        if len(tiles) >= rows:
+            break
+    if not tiles:
+        raise ValueError(f"{output} holds no rows yet")
+    label_height, gap = 18, 4
+    widths = [max(row[i].width for row in tiles) for i in range(len(columns))]
+    sheet = Image.new("RGB", (sum(widths) + gap * (len(widths) + 1), label_height + len(tiles) * (height + gap) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    x = gap
+    for i, label in enumerate(labels):
+        draw.text((x, 3), label, fill="black")
+        for r, row in enumerate(tiles):
+            sheet.paste(row[i], (x, label_height + gap + r * (height + gap)))
+        x += widths[i] + gap
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(destination)
+    return len(tiles)

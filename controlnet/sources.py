@@ -1,0 +1,293 @@
+"""Where a dataset build's images come from, and their captions.
+
+An input is one of: a folder (searched recursively for image files), a single image, a text file
+listing image paths, or an existing dataset (a local folder that ``datasets`` reads, or a Hub id).
+Each yields :class:`SourceItem` records in a deterministic order, keyed by ``file_name``, the
+image's path relative to the input, which is what resuming a build relies on.
+
+Captions, in order of precedence: a sidecar ``name.txt`` next to the image; ``metadata.jsonl`` or
+``metadata.csv`` with ``file_name`` and ``text`` (the ``imagefolder`` convention, searched in the
+image's folder and its parents up to the input); the dataset's caption column; the default prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PROMPT",
+    "IMAGE_SUFFIXES",
+    "Source",
+    "SourceError",
+    "SourceItem",
+    "open_source",
+]
+
+#: The ControlNet paper's default prompt, used when an image has no caption.
+DEFAULT_PROMPT = "a high-quality, detailed, and professional image"
+
+#: Files with these suffixes are inputs when searching a folder; others are not images and are ignored.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+_METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+_DATASET_FILE_SUFFIXES = (".parquet", ".arrow")
+
+
+class SourceError(ValueError):
+    """An input that cannot be read at all (as opposed to one bad image, which is skipped)."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One input image: either a file to read or the encoded bytes of a dataset row."""
+
+    file_name: str
+    caption: str
+    path: str | None = None
+    data: bytes | None = None
+
+
+class Source:
+    """An ordered, re-iterable collection of inputs. ``identity`` names it in a build's identity."""
+
+    identity: dict[str, Any]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        raise NotImplementedError
+
+
+def _read_sidecar(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """``file_name -> text`` from an imagefolder metadata file (other columns are ignored)."""
+    captions: dict[str, str] = {}
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            if path.suffix == ".jsonl":
+                rows: Any = (json.loads(line) for line in handle if line.strip())
+            else:
+                rows = csv.DictReader(handle)
+            for row in rows:
+                if isinstance(row, dict) and row.get("file_name") and row.get("text") is not None:
+                    captions[str(row["file_name"]).replace("\\", "/")] = str(row["text"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
+        raise SourceError(f"{path}: cannot read captions ({err})") from None
+    return captions
+
+
+class _Captions:
+    """Caption lookup for image files: sidecar, then metadata files, then the prompt."""
+
+    def __init__(self, prompt: str, metadata: dict[Path, str], sidecars: set[Path] | None) -> None:
+        self.prompt = prompt
+        self.metadata = metadata
+        self.sidecars = sidecars  # known .txt files (folder input), or None to look on disk
+
+    def __call__(self, image: Path) -> str:
+        sidecar = image.with_suffix(".txt")
+        if (sidecar in self.sidecars) if self.sidecars is not None else sidecar.is_file():
+            text = _read_sidecar(sidecar)
+            if text is not None:
+                return text
+        return self.metadata.get(image, self.prompt)
+
+
+class FolderSource(Source):
+    """Image files under a folder, recursively, sorted by relative path; hidden folders and
+    ``exclude`` (e.g. the output folder when it lies inside the input) are not searched."""
+
+    def __init__(self, root: Path, prompt: str, exclude: Path | None = None) -> None:
+        self.root = root
+        self.identity = {"kind": "folder", "path": str(root.resolve())}
+        excluded = exclude.resolve() if exclude is not None else None
+        images: list[tuple[str, Path]] = []
+        sidecars: set[Path] = set()
+        metadata: dict[Path, str] = {}
+        for folder, dirs, files in os.walk(root):
+            here = Path(folder)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
+            for name in files:
+                path = here / name
+                suffix = path.suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    images.append((path.relative_to(root).as_posix(), path))
+                elif suffix == ".txt":
+                    sidecars.add(path)
+                elif name in _METADATA_FILES:
+                    for file_name, text in _read_metadata(path).items():
+                        metadata[here / file_name] = text  # folders are walked top-down: the nearest file wins
+        images.sort()
+        self.images = images
+        self.captions = _Captions(prompt, metadata, sidecars)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for file_name, path in self.images:
+            yield SourceItem(file_name, self.captions(path), path=str(path))
+
+
+class ListSource(Source):
+    """A text file with one image path per line (blank lines and ``#`` comments ignored); relative
+    paths are relative to the list file's folder. Every listed path is an input, whatever its suffix."""
+
+    def __init__(self, list_file: Path, prompt: str) -> None:
+        self.identity = {"kind": "list", "path": str(list_file.resolve())}
+        try:
+            lines = list_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SourceError(f"{list_file}: cannot read the list of images ({err})") from None
+        entries = [line.strip() for line in lines]
+        entries = [entry for entry in entries if entry and not entry.startswith("#")]
+        base = list_file.parent
+        self.entries = list(dict.fromkeys(entries))  # a path listed twice is one input
+        self.paths = [Path(entry) if Path(entry).is_absolute() else base / entry for entry in self.entries]
+        self.captions = _Captions(prompt, {}, None)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for entry, path in zip(self.entries, self.paths):
+            yield SourceItem(Path(entry).as_posix(), self.captions(path), path=str(path))
+
+
+class SingleImageSource(Source):
+    def __init__(self, path: Path, prompt: str) -> None:
+        self.path = path
+        self.identity = {"kind": "image", "path": str(path.resolve())}
+        self.captions = _Captions(prompt, {}, None)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        yield SourceItem(self.path.name, self.captions(self.path), path=str(self.path))
+
+
+class DatasetSource(Source):
+    """Rows of a dataset read with ``datasets``: a local folder or a Hub id (streamed, so nothing is
+    downloaded ahead). ``file_name`` is the row index, zero-padded, which is stable across runs."""
+
+    def __init__(self, spec: str, *, local: bool, split: str, image_column: str, caption_column: str | None, prompt: str) -> None:
+        import datasets
+
+        self.identity = {
+            "kind": "dataset",
+            "path": str(Path(spec).resolve()) if local else spec,
+            "split": split,
+            "image_column": image_column,
+            "caption_column": caption_column,
+        }
+        try:
+            if local and any((Path(spec) / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+                loaded = datasets.load_from_disk(spec)
+                dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            else:
+                dataset = datasets.load_dataset(spec, split=split, streaming=not local)
+        except Exception as err:  # datasets raises many types (offline, missing split, bad files)
+            raise SourceError(f"{spec}: cannot load the dataset ({type(err).__name__}: {err})") from None
+        columns = list(dataset.column_names or dataset.features or [])
+        if columns:  # a streamed dataset may not know its columns before the first row
+            if image_column not in columns:
+                raise SourceError(f"{spec}: no column {image_column!r} (columns: {', '.join(columns)}); choose one with --image-column")
+            if caption_column is None and "text" in columns:
+                caption_column = "text"
+            if caption_column is not None and caption_column not in columns:
+                raise SourceError(f"{spec}: no column {caption_column!r} (columns: {', '.join(columns)}); choose one with --caption-column")
+            dataset = dataset.select_columns([image_column] + ([caption_column] if caption_column else []))
+        if isinstance(dataset.features.get(image_column) if dataset.features else None, datasets.Image):
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        self.dataset = dataset
+        self.image_column = image_column
+        self.caption_column = caption_column
+        self.prompt = prompt
+        try:
+            self.length = len(dataset)  # type: ignore[arg-type]
+        except TypeError:  # streamed: the split size is known only from the dataset's info, if at all
+            splits = dataset.info.splits or {}
+            self.length = splits[split].num_examples if split in splits else 0
+        self.width = max(8, len(str(self.length)))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for index, row in enumerate(self.dataset):
+            value = row[self.image_column]
+            caption = row[self.caption_column] if self.caption_column else None
+            caption = self.prompt if caption is None else str(caption)
+            file_name = f"{index:0{self.width}d}"
+            if isinstance(value, dict):  # an Image feature read without decoding: bytes and/or path
+                if value.get("bytes"):
+                    yield SourceItem(file_name, caption, path=value.get("path"), data=value["bytes"])
+                else:
+                    yield SourceItem(file_name, caption, path=value.get("path") or "")
+            elif isinstance(value, str):  # a column of file paths
+                yield SourceItem(file_name, caption, path=value)
+            elif isinstance(value, bytes):
+                yield SourceItem(file_name, caption, data=value)
+            else:  # e.g. a decoded PIL image from a dataset saved without Image features
+                yield SourceItem(file_name, caption, data=_encode_pil(value))
+
+
+def _encode_pil(value: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    value.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _looks_like_dataset_folder(folder: Path) -> bool:
+    """A folder that ``datasets`` reads as data files rather than an image folder: one saved with
+    ``save_to_disk``, or with Parquet or Arrow files at its top or in ``data/`` (the Hub layout)."""
+    if any((folder / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
+        return True
+    for place in (folder, folder / "data"):
+        if place.is_dir() and any(p.name.endswith(_DATASET_FILE_SUFFIXES) for p in place.iterdir()):
+            return True
+    return False
+
+
+def open_source(
+    spec: str,
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    split: str = "train",
+    exclude: Path | None = None,
+) -> Source:
+    """The inputs named by ``spec``: a folder, an image, a list file, a dataset folder or a Hub id.
+
+    A folder is read as a dataset when ``image_column`` is given or it holds Parquet or Arrow
+    files; otherwise it is searched for images. A path that does not exist is taken as a Hub id.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        if image_column is not None or caption_column is not None or _looks_like_dataset_folder(path):
+            return DatasetSource(spec, local=True, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt)
+        return FolderSource(path, prompt, exclude)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return SingleImageSource(path, prompt)
+        return ListSource(path, prompt)
+    if path.exists() or os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1:
+        raise SourceError(f"{spec}: no such file or folder")
+    return DatasetSource(spec, local=False, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt)
