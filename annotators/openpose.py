@@ -293,6 +293,7 @@ class OpenPoseConfig(NeuralConfig):
 @dataclass(frozen=True)
 class OpenPoseHandConfig(OpenPoseConfig):
     hand_threshold: float = param(0.05, "minimum smoothed hand heatmap value of a hand keypoint", ge=0.0, le=1.0)
+    hand_scales: int = param(4, "hand-network scales averaged, the first N of 0.5, 1, 1.5, 2 x 368 px (fewer is faster)", ge=1, le=len(HAND_SCALES))
 
 
 class OpenPose(NeuralAnnotator):
@@ -361,19 +362,21 @@ class OpenPoseHand(OpenPose):
     config: OpenPoseHandConfig
 
     def hand_heatmaps(self, model: torch.nn.Module, crops: list[np.ndarray]) -> list[np.ndarray]:
-        """Averaged 128x128x22 heatmaps per BGR crop over the four scales; per scale, the crops of the
-        whole batch share one forward pass (in chunks of ``batch_size``)."""
+        """Averaged 128x128x22 heatmaps per BGR crop over the configured scales; per scale, the crops
+        of the whole batch share forward passes (in chunks of ``forward_batch_size``)."""
+        scales = HAND_SCALES[: self.config.hand_scales]
         blurred = [cv2.GaussianBlur(crop, (0, 0), 0.8) for crop in crops]
         averages = [np.zeros((HAND_HEATMAP_SIZE, HAND_HEATMAP_SIZE, 22)) for _ in crops]
-        for scale in HAND_SCALES:
+        step = self.forward_batch_size
+        for scale in scales:
             size = int(scale * BOX_SIZE)
             prepared = [hand_net_input(crop, size) for crop in blurred]
-            for start in range(0, len(prepared), self.config.batch_size):
-                chunk = prepared[start : start + self.config.batch_size]
+            for start in range(0, len(prepared), step):
+                chunk = prepared[start : start + step]
                 for offset, raw in enumerate(self._run(model["hand"], [p[0] for p in chunk])):
                     pad = chunk[offset][1]
                     heatmap = net_outputs_to_image(raw, pad, HAND_HEATMAP_SIZE, HAND_HEATMAP_SIZE)
-                    averages[start + offset] += heatmap / len(HAND_SCALES)
+                    averages[start + offset] += heatmap / len(scales)
         return averages
 
     def _add_hands(

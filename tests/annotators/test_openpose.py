@@ -106,9 +106,10 @@ def test_hand_pipeline_peaks_match(hand_run: dict[str, np.ndarray]) -> None:
     assert ((peaks[:, 2] > 0) == HAND.golden["pipeline_peaks_xy"].any(axis=1)).all()
 
 
-def test_openpose_hand_adds_hands_to_map_and_json(hand: openpose.OpenPoseHand, body: openpose.OpenPose, monkeypatch) -> None:
+def test_openpose_hand_adds_hands_to_map_and_json(seeded_weights, body: openpose.OpenPose) -> None:
     """End to end on a small crop where the seeded body net finds arms; one hand scale keeps it fast."""
-    monkeypatch.setattr(openpose, "HAND_SCALES", (0.5,))
+    weights = seeded_weights.ensure(openpose.OpenPoseHand.checkpoints)
+    hand = annotators.create("openpose_hand", weights=str(weights), hand_scales=1)
     image = BODY.input_rgb[:64, :96].copy()
     (with_hands,) = hand.annotate([image])
     (body_only,) = body.annotate([image])
