@@ -168,7 +168,7 @@ def export_original(controlnet: str | Path, output: str | Path, dtype: torch.dty
     state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"format": "pt", "diffusers_config": json.dumps(dict(model.config))}
+    metadata = {"format": "pt", "diffusers_config": json.dumps(dict(model.config), default=str)}
     save_file(diffusers_to_original(state), str(output), metadata=metadata)
     return output
 

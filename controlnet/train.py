@@ -223,9 +223,11 @@ class _Trainer:
             model.requires_grad_(False)
             model.eval()
             model.to(self.device)
-        if not c.unlock_decoder:  # a trained decoder keeps float32 weights; autocast computes in half
-            self.unet.to(dtype=self.weight_dtype)
-        self.controlnet.to(self.device, dtype=torch.float32)
+        if not c.unlock_decoder and self.weight_dtype != torch.float32:
+            self.unet.to(dtype=self.weight_dtype)  # a trained decoder keeps float32 weights under autocast
+        self.controlnet.to(self.device)
+        if self.controlnet.dtype != torch.float32:
+            self.controlnet.to(dtype=torch.float32)
         self.controlnet.train()
         groups = [{"params": list(self.controlnet.parameters()), "lr": c.learning_rate}]
         if c.unlock_decoder:
