@@ -10,6 +10,7 @@ Options mirror :class:`controlnet.train.TrainConfig`; see ``cn-train --help``.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,6 +19,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cli.common import fail
+
+def _is_main_process() -> bool:
+    """Under accelerate launch / torchrun only the first process shows progress."""
+    return os.environ.get("RANK", "0") == "0"
+
 
 train_app = typer.Typer(add_completion=False, help="Train a ControlNet (the paper's recipe) on a cn-annotate dataset.")
 export_app = typer.Typer(add_completion=False, help="Write a diffusers ControlNet as one original-layout .safetensors.")
@@ -94,7 +100,7 @@ def train_command(
         )
         with Progress(
             TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeRemainingColumn(),
+            TimeRemainingColumn(), disable=not _is_main_process(),
         ) as progress:
             task = progress.add_task("", total=max_steps)
 
@@ -104,7 +110,8 @@ def train_command(
             result = train(config, progress=report)
     except (TrainError, DataError, FileNotFoundError, OSError, ValueError) as error:
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-    typer.echo(f"step {result.global_step}: ControlNet saved to {result.controlnet_dir}")
+    if _is_main_process():
+        typer.echo(f"step {result.global_step}: ControlNet saved to {result.controlnet_dir}")
 
 
 @export_app.command()

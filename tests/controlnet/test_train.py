@@ -225,3 +225,31 @@ def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path,
     assert json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["global_step"] == 12
     assert (out / "controlnet" / "diffusion_pytorch_model.safetensors").is_file()
     assert math.isfinite(final[12]["loss"])
+
+
+def test_two_cpu_processes_share_each_global_batch(tiny_base: Path, canny_dataset: Path, tmp_path: Path) -> None:
+    """torchrun (what accelerate launch runs) with 2 CPU processes of batch 1 trains on the same
+    global batches as one process of batch 2."""
+    import socket
+
+    with socket.socket() as probe:  # a free port for the process group
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+        "-m", "cli.train", "--base-model", str(tiny_base), "--dataset", str(canny_dataset), "-o", str(out),
+        "--resolution", "32", "--batch-size", "1", "--max-steps", "4", "--checkpointing-steps", "4",
+        "--validation-steps", "0", "--report-to", "none", "--log-samples", "--seed", "5",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "1"}
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # one log, written by the main process
+    single = iter(EpochBatchSampler(8, 2, seed=5, rank=0, world_size=1))
+    expected = [[f"{row:05d}.png" for _, row in next(single)] for _ in range(4)]
+    assert [r["ids"] for r in records] == expected
+    assert sorted(p.name for p in (out / "checkpoint-4").glob("data_rng_*.pt")) == ["data_rng_0.pt", "data_rng_1.pt"]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    assert (out / "controlnet" / "config.json").is_file()
