@@ -11,7 +11,7 @@ pair with the ControlNets in order (a single value applies to all; ``--annotator
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -37,8 +37,8 @@ def sample_command(
     base_model: Annotated[str, Opt("--base-model", help="diffusers SD 1.x/2.x folder or Hub id")],
     controlnet: Annotated[list[str], Opt("--controlnet", help="ControlNet folder, Hub id or .safetensors (repeatable)")],
     image: Annotated[list[Path], Opt("--image", help="condition image, or raw image with --annotator (repeatable)")],
-    scale: Annotated[Optional[list[float]], Opt("--scale", help="conditioning scale (repeatable)")] = None,
-    annotator: Annotated[Optional[list[str]], Opt("--annotator", help="annotate the image first (repeatable)")] = None,
+    scale: Annotated[list[float] | None, Opt("--scale", help="conditioning scale (repeatable)")] = None,
+    annotator: Annotated[list[str] | None, Opt("--annotator", help="annotate the image first (repeatable)")] = None,
     prompt: Annotated[str, Opt(help="prompt")] = "",
     negative_prompt: Annotated[str, Opt(help="negative prompt")] = "",
     steps: Annotated[int, Opt(help="sampling steps")] = 20,
@@ -49,12 +49,12 @@ def sample_command(
     control_start: Annotated[float, Opt(help="fraction of steps where control starts")] = 0.0,
     control_end: Annotated[float, Opt(help="fraction of steps where control ends")] = 1.0,
     only_mid_control: Annotated[bool, Opt(help="the ControlNets were trained with --only-mid-control")] = False,
-    width: Annotated[Optional[int], Opt(help="output width (default: the condition's)")] = None,
-    height: Annotated[Optional[int], Opt(help="output height (default: the condition's)")] = None,
+    width: Annotated[int | None, Opt(help="output width (default: the condition's)")] = None,
+    height: Annotated[int | None, Opt(help="output height (default: the condition's)")] = None,
     output_dir: Annotated[Path, Opt("--output-dir", "-o", help="folder for sample-*.png and grid.png")] = Path("samples"),
-    revision: Annotated[Optional[str], Opt(help="base model revision")] = None,
-    variant: Annotated[Optional[str], Opt(help="base model weights variant")] = None,
-    device: Annotated[Optional[str], Opt(help="cuda, cpu, ... (default: cuda when available)")] = None,
+    revision: Annotated[str | None, Opt(help="base model revision")] = None,
+    variant: Annotated[str | None, Opt(help="base model weights variant")] = None,
+    device: Annotated[str | None, Opt(help="cuda, cpu, ... (default: cuda when available)")] = None,
     dtype: Annotated[str, Opt(help="auto, float32, float16 or bfloat16")] = "auto",
 ) -> None:
     import annotators
@@ -62,7 +62,7 @@ def sample_command(
 
     count = len(controlnet)
     scales = _per_controlnet(list(scale or []), count, "--scale", 1.0)
-    names: list[Optional[str]] = [None if a == "none" else a for a in _per_controlnet(list(annotator or []), count, "--annotator", "none")]
+    names: list[str | None] = [None if a == "none" else a for a in _per_controlnet(list(annotator or []), count, "--annotator", "none")]
     for name in names:
         if name is not None and name not in annotators.names():
             fail(str(annotators.UnknownAnnotatorError(name)))

@@ -13,12 +13,19 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from cli.common import fail
+
 
 def _is_main_process() -> bool:
     """Under accelerate launch / torchrun only the first process shows progress."""
@@ -36,11 +43,11 @@ def train_command(
     base_model: Annotated[str, Opt("--base-model", help="diffusers SD 1.x/2.x folder or Hub id")],
     dataset: Annotated[str, Opt("--dataset", help="cn-annotate dataset folder or Hub id")],
     output_dir: Annotated[Path, Opt("--output-dir", "-o", help="run folder: checkpoints, logs, controlnet/")] = Path("controlnet-out"),
-    revision: Annotated[Optional[str], Opt(help="base model revision")] = None,
-    variant: Annotated[Optional[str], Opt(help="base model weights variant, e.g. fp16")] = None,
-    init_controlnet: Annotated[Optional[str], Opt(help="start from this ControlNet instead of the UNet encoder")] = None,
+    revision: Annotated[str | None, Opt(help="base model revision")] = None,
+    variant: Annotated[str | None, Opt(help="base model weights variant, e.g. fp16")] = None,
+    init_controlnet: Annotated[str | None, Opt(help="start from this ControlNet instead of the UNet encoder")] = None,
     split: Annotated[str, Opt(help="dataset split")] = "train",
-    dataset_revision: Annotated[Optional[str], Opt(help="dataset revision (Hub)")] = None,
+    dataset_revision: Annotated[str | None, Opt(help="dataset revision (Hub)")] = None,
     image_column: Annotated[str, Opt(help="target image column")] = "image",
     conditioning_column: Annotated[str, Opt(help="condition map column")] = "conditioning_image",
     caption_column: Annotated[str, Opt(help="prompt column")] = "text",
@@ -68,10 +75,10 @@ def train_command(
     seed: Annotated[int, Opt(help="seed of data order, noise and validation")] = 0,
     checkpointing_steps: Annotated[int, Opt(help="checkpoint every N steps (0: never)")] = 500,
     checkpoints_total_limit: Annotated[int, Opt(help="keep the last K checkpoints (0: all)")] = 3,
-    resume: Annotated[Optional[str], Opt(help="'latest' or a checkpoint folder")] = None,
+    resume: Annotated[str | None, Opt(help="'latest' or a checkpoint folder")] = None,
     validation_steps: Annotated[int, Opt(help="sample validation grids every N steps (0: never)")] = 500,
-    validation_condition: Annotated[Optional[list[str]], Opt(help="validation condition image (repeatable)")] = None,
-    validation_prompt: Annotated[Optional[list[str]], Opt(help="validation prompt (repeatable)")] = None,
+    validation_condition: Annotated[list[str] | None, Opt(help="validation condition image (repeatable)")] = None,
+    validation_prompt: Annotated[list[str] | None, Opt(help="validation prompt (repeatable)")] = None,
     num_validation_images: Annotated[int, Opt(help="samples per validation condition")] = 2,
     validation_inference_steps: Annotated[int, Opt(help="sampling steps for validation")] = 20,
     report_to: Annotated[str, Opt(help="tensorboard, wandb, ... or none")] = "tensorboard",

@@ -228,8 +228,9 @@ def stream_batches(
         shard = shard.shuffle(seed=seed, buffer_size=shuffle_buffer)
     epoch, first = start.epoch, start.batch
     while True:
-        shard.set_epoch(epoch)
+        # skip() first: the epoch set on a dataset does not carry over to one derived from it.
         stream = shard.skip(first * batch_size) if first else shard
+        stream.set_epoch(epoch)
         batch_index, examples = first, []
         for offset, row in enumerate(stream, start=first * batch_size):
             rng = sample_rng(seed, epoch, offset * world_size + rank)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -117,7 +118,7 @@ def _original_layers_per_block(keys: list[str]) -> int:
 
 def original_to_diffusers(state_dict: dict[str, torch.Tensor], prefix: str = PREFIX) -> dict[str, torch.Tensor]:
     """Rename an original-layout ControlNet state dict (with or without ``prefix``) to diffusers keys."""
-    stripped = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+    stripped = {k.removeprefix(prefix): v for k, v in state_dict.items()}
     keys = list(stripped)
     per_block = _original_layers_per_block(keys) + 1
     hint_indices = sorted({int(m.group(1)) for k in keys if (m := re.match(r"input_hint_block\.(\d+)\.", k))})
@@ -178,3 +179,25 @@ def load_original(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return original_to_diffusers(load_file(str(path)))
+
+
+def load_original_controlnet(path: str | Path, model_class: type | None = None) -> Any:
+    """A ControlNet model from one original-layout ``.safetensors`` file.
+
+    Files written by :func:`export_original` carry their diffusers config and load offline; others
+    go through diffusers' single-file loader, which infers the config (and may need the Hub).
+    """
+    from diffusers import ControlNetModel
+    from safetensors import safe_open
+
+    model_class = model_class or ControlNetModel
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        state = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    if "diffusers_config" not in metadata:
+        return model_class.from_single_file(str(path))
+    config = {k: v for k, v in json.loads(metadata["diffusers_config"]).items() if not k.startswith("_")}
+    model = model_class.from_config(config)
+    model.load_state_dict(original_to_diffusers(state), strict=True)
+    return model
+

@@ -106,31 +106,17 @@ def _control_class() -> type:
 
 
 def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
-    """A diffusers ControlNet folder, or a single original-layout ``.safetensors`` file."""
-    import json
+    """A diffusers ControlNet folder or Hub id, or a single original-layout ``.safetensors`` file."""
+    from controlnet.export import load_original_controlnet
 
     cls = _control_class()
     path = Path(spec.path)
     if path.is_file():
-        from safetensors import safe_open
-
-        from controlnet.export import original_to_diffusers
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            state = {k: handle.get_tensor(k) for k in handle.keys()}
-        if "diffusers_config" in metadata:  # written by cn-train export
-            config = {k: v for k, v in json.loads(metadata["diffusers_config"]).items() if not k.startswith("_")}
-            model = cls.from_config(config)
-            model.load_state_dict(original_to_diffusers(state), strict=True)
-            if dtype != model.dtype:
-                model.to(dtype=dtype)
-        else:
-            model = cls.from_single_file(str(path), torch_dtype=dtype)
-    elif path.is_dir() or not path.exists():  # a folder or a Hub id
-        model = cls.from_pretrained(spec.path, torch_dtype=dtype)
+        model = load_original_controlnet(path, cls)
+        if model.dtype != dtype:
+            model.to(dtype=dtype)
     else:
-        raise SampleError(f"{path} is neither a ControlNet folder nor a .safetensors file")
+        model = cls.from_pretrained(spec.path, torch_dtype=dtype)
     model.only_mid_control = spec.only_mid_control
     return model
 

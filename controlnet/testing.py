@@ -50,7 +50,12 @@ def write_tokenizer(folder: Path) -> int:
 def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: int = 32) -> Path:
     """Save a tiny, randomly initialised SD 1.x-style pipeline as a diffusers folder."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)

@@ -182,7 +182,12 @@ class _Trainer:
         import torch
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
-        from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+        from diffusers import (
+            AutoencoderKL,
+            ControlNetModel,
+            DDPMScheduler,
+            UNet2DConditionModel,
+        )
         from diffusers.optimization import get_scheduler
         from transformers import AutoTokenizer, CLIPTextModel
 
@@ -202,6 +207,9 @@ class _Trainer:
                 shutil.rmtree(stale, ignore_errors=True)  # left by a killed run mid-save
         accelerator.wait_for_everyone()
 
+        for role, source in (("base model", c.base_model), ("dataset", c.dataset), ("init ControlNet", c.init_controlnet)):
+            if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+                raise TrainError(f"{role} {source} does not exist")
         load = {"revision": c.revision}
         self.tokenizer = AutoTokenizer.from_pretrained(c.base_model, subfolder="tokenizer", revision=c.revision)
         self.noise_scheduler = DDPMScheduler.from_pretrained(c.base_model, subfolder="scheduler", **load)
@@ -211,7 +219,11 @@ class _Trainer:
         self.vae = AutoencoderKL.from_pretrained(c.base_model, subfolder="vae", **frozen)
         # Loaded in float32 so that the ControlNet copies the encoder weights without rounding.
         self.unet = UNet2DConditionModel.from_pretrained(c.base_model, subfolder="unet", variant=c.variant, **load)
-        if c.init_controlnet:
+        if c.init_controlnet and Path(c.init_controlnet).is_file():
+            from controlnet.export import load_original_controlnet
+
+            self.controlnet = load_original_controlnet(c.init_controlnet)
+        elif c.init_controlnet:
             self.controlnet = ControlNetModel.from_pretrained(c.init_controlnet)
         else:
             downsampling = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -268,17 +280,23 @@ class _Trainer:
         self.empty_embedding: Any = None
 
     def batches(self) -> Any:
-        from controlnet.data import Columns, PairTransform, load_rows, map_batches, stream_batches
+        from controlnet.data import (
+            Columns,
+            PairTransform,
+            load_rows,
+            map_batches,
+            stream_batches,
+        )
 
         c = self.config
         rows = load_rows(c.dataset, c.split, c.dataset_revision, c.streaming)
         transform = PairTransform(c.resolution, c.center_crop, c.random_flip)
         columns = Columns(c.image_column, c.conditioning_column, c.caption_column, c.id_column)
-        common = dict(
-            transform=transform, columns=columns, empty_prompt_prob=c.empty_prompt_prob, seed=c.seed,
-            batch_size=c.train_batch_size, rank=self.accelerator.process_index,
-            world_size=self.accelerator.num_processes, start=self.position,
-        )
+        common = {
+            "transform": transform, "columns": columns, "empty_prompt_prob": c.empty_prompt_prob, "seed": c.seed,
+            "batch_size": c.train_batch_size, "rank": self.accelerator.process_index,
+            "world_size": self.accelerator.num_processes, "start": self.position,
+        }
         self.rows = rows
         if c.streaming:
             return stream_batches(rows, shuffle_buffer=c.shuffle_buffer, **common)

@@ -8,7 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from controlnet.export import LayoutError, PREFIX, diffusers_to_original, load_original, original_to_diffusers
+from controlnet.export import (
+    PREFIX,
+    LayoutError,
+    diffusers_to_original,
+    load_original,
+    original_to_diffusers,
+)
 
 
 def sd15_shaped_controlnet():
@@ -75,7 +81,7 @@ def test_cli_export_of_a_trained_controlnet_round_trips(short_run, tmp_path: Pat
     result = CliRunner().invoke(export_app, [str(short_run.controlnet_dir), str(target)])
     assert result.exit_code == 0, result.output
     with safe_open(str(target), framework="pt") as handle:
-        assert all(k.startswith(PREFIX) for k in handle.keys())
+        assert all(k.startswith(PREFIX) for k in handle.keys())  # noqa: SIM118 (safe_open is not a dict)
     trained = ControlNetModel.from_pretrained(short_run.controlnet_dir).state_dict()
     back = load_original(target)
     assert set(back) == set(trained) and all(torch.equal(back[k], trained[k]) for k in trained)
@@ -89,3 +95,26 @@ def test_cli_export_refuses_other_suffixes(short_run, tmp_path: Path) -> None:
 
     result = CliRunner().invoke(export_app, [str(short_run.controlnet_dir), str(tmp_path / "x.ckpt")])
     assert result.exit_code == 1 and "safetensors" in result.output
+
+
+def test_training_can_start_from_an_exported_file(short_run, fixed_batch_dataset: Path, tiny_base: Path,
+                                                  tmp_path: Path) -> None:
+    from diffusers import ControlNetModel
+
+    from cli.train import export_app
+    from controlnet.train import TrainConfig, train
+
+    exported = tmp_path / "init.safetensors"
+    assert CliRunner().invoke(export_app, [str(short_run.controlnet_dir), str(exported)]).exit_code == 0
+    result = train(
+        TrainConfig(
+            base_model=str(tiny_base), dataset=str(fixed_batch_dataset), output_dir=str(tmp_path / "run"),
+            init_controlnet=str(exported), resolution=32, train_batch_size=2, max_steps=1, learning_rate=1e-12,
+            checkpointing_steps=0, validation_steps=0, report_to=None,
+        )
+    )
+    start = ControlNetModel.from_pretrained(short_run.controlnet_dir).state_dict()
+    after = ControlNetModel.from_pretrained(result.controlnet_dir).state_dict()
+    # One step at lr 1e-12 leaves the weights where the exported file put them (not at from_unet's zeros).
+    assert all(torch.allclose(after[k], start[k], atol=1e-9) for k in start)
+    assert float(after["controlnet_mid_block.weight"].abs().max()) > 0

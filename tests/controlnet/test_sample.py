@@ -10,7 +10,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from controlnet.sample import ControlNetSpec, SampleConfig, SampleError, guess_mode_scales, load_controlnet, sample
+from controlnet.sample import (
+    ControlNetSpec,
+    SampleConfig,
+    SampleError,
+    guess_mode_scales,
+    load_controlnet,
+    sample,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +36,11 @@ def test_guess_mode_scales_are_the_papers() -> None:
 def test_guess_mode_scales_the_residuals_of_a_trained_controlnet(short_run) -> None:
     controlnet = load_controlnet(ControlNetSpec(str(short_run.controlnet_dir)), torch.float32)
     torch.manual_seed(0)
-    inputs = dict(
-        sample=torch.randn(1, 4, 16, 16), timestep=torch.tensor([500]),
-        encoder_hidden_states=torch.randn(1, 77, 32), controlnet_cond=torch.rand(1, 3, 32, 32), return_dict=False,
-    )
+    inputs = {
+        "sample": torch.randn(1, 4, 16, 16), "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 77, 32), "controlnet_cond": torch.rand(1, 3, 32, 32),
+        "return_dict": False,
+    }
     with torch.no_grad():
         down, mid = controlnet(**inputs, conditioning_scale=0.5)
         guess_down, guess_mid = controlnet(**inputs, conditioning_scale=0.5, guess_mode=True)
