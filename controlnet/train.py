@@ -433,7 +433,8 @@ class _Trainer:
             logs = {"loss": mean_loss, "lr": self.lr_scheduler.get_last_lr()[0]}
             accelerator.log(logs, step=self.global_step)
             if sample_log is not None:
-                sample_log.write(json.dumps({"step": self.global_step, "ids": ids, "loss": mean_loss}) + "\n")
+                record = {"step": self.global_step, "ids": ids, "loss": mean_loss, "lr": logs["lr"]}
+                sample_log.write(json.dumps(record) + "\n")
                 sample_log.flush()
             if self.progress is not None and accelerator.is_main_process:
                 self.progress(self.global_step, logs)
@@ -478,6 +479,11 @@ class _Trainer:
             rows = [self.rows[i] for i in range(min(c.num_validation_rows, len(self.rows)))]
         return [(np.asarray(r[c.conditioning_column].convert("RGB")), str(r[c.caption_column] or "")) for r in rows]
 
+    def half_copy(self, model: Any) -> Any:
+        copy = type(model).from_config(model.config)
+        copy.load_state_dict(model.state_dict())
+        return copy.to(self.device, dtype=self.weight_dtype).eval()
+
     def validate(self, step: int) -> None:
         import torch
         from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
@@ -492,6 +498,13 @@ class _Trainer:
             self._validation_cases = self.validation_cases()
         controlnet = accelerator.unwrap_model(self.controlnet)
         unet = accelerator.unwrap_model(self.unet)
+        if self.weight_dtype != torch.float32:
+            # Sample wholly in the half dtype of the frozen models, from half copies of the trained
+            # float32 weights: autocast does not cover every op on every device (group norm on CPU),
+            # and the prepared model's forward carries accelerate's autocast wrapper.
+            controlnet = self.half_copy(controlnet)
+            if self.config.unlock_decoder:
+                unet = self.half_copy(unet)
         pipeline = StableDiffusionControlNetPipeline(
             vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet, controlnet=controlnet,
             scheduler=UniPCMultistepScheduler.from_config(self.noise_scheduler.config),
@@ -505,7 +518,7 @@ class _Trainer:
         for index, (condition, prompt) in enumerate(self._validation_cases):
             cond_image = Image.fromarray(condition).resize((size, size), Image.Resampling.BILINEAR)
             generator = torch.Generator(device=self.device).manual_seed(c.seed + index)
-            with torch.no_grad(), accelerator.autocast():
+            with torch.no_grad():
                 out = pipeline(
                     prompt, image=cond_image, num_inference_steps=c.validation_inference_steps, generator=generator,
                     num_images_per_prompt=c.num_validation_images, height=size, width=size, output_type="np",
@@ -525,6 +538,15 @@ class _Trainer:
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:
     """Train a ControlNet as ``config`` says; ``progress(step, logs)`` is called after each step."""
+    from accelerate.state import AcceleratorState, GradientState
+
     trainer = _Trainer(config, progress)
-    trainer.setup()
-    return trainer.run()
+    try:
+        trainer.setup()
+        return trainer.run()
+    finally:
+        # accelerate keeps its settings (mixed precision, accumulation) in process-wide singletons;
+        # clear them so that a later train() call in this process may use other ones. The
+        # distributed state (process group) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()

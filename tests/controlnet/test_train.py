@@ -165,15 +165,38 @@ def test_unlock_decoder_trains_the_decoder_at_its_own_rate(tiny_base: Path, fixe
             base_model=str(tiny_base), dataset=str(fixed_batch_dataset), output_dir=str(tmp_path), resolution=32,
             train_batch_size=2, max_steps=2, learning_rate=1e-3, decoder_learning_rate=1e-4, unlock_decoder=True,
             checkpointing_steps=0, validation_steps=0, report_to=None, gradient_checkpointing=True,
-            gradient_accumulation_steps=2,
+            gradient_accumulation_steps=2, log_samples=True,
         )
     )
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [len(r["ids"]) for r in records] == [4, 4]  # 2 micro-batches of 2 per optimizer step
     base = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
     trained = UNet2DConditionModel.from_pretrained(result.output_dir / "unet")
     assert torch.equal(base.down_blocks[0].resnets[0].conv1.weight, trained.down_blocks[0].resnets[0].conv1.weight)
     moved = (trained.conv_out.weight - base.conv_out.weight).abs().max().item()
     # Adam moves each weight by about its learning rate per step: 2 steps at 1e-4.
     assert 1e-5 < moved < 5e-4
+
+
+def test_bf16_mixed_precision_keeps_float32_controlnet_weights(tiny_base: Path, fixed_batch_dataset: Path,
+                                                               tmp_path: Path) -> None:
+    import torch
+    from diffusers import ControlNetModel
+
+    from controlnet.train import train
+
+    result = train(
+        TrainConfig(
+            base_model=str(tiny_base), dataset=str(fixed_batch_dataset), output_dir=str(tmp_path), resolution=32,
+            train_batch_size=2, max_steps=2, learning_rate=1e-3, mixed_precision="bf16", checkpointing_steps=0,
+            validation_steps=2, validation_inference_steps=1, num_validation_images=1, report_to=None,
+        )
+    )
+    assert np.isfinite(result.losses).all()
+    controlnet = ControlNetModel.from_pretrained(result.controlnet_dir)
+    assert controlnet.dtype == torch.float32
+    assert float(controlnet.controlnet_mid_block.weight.detach().abs().max()) > 0
+    assert (tmp_path / "validation" / "step-000002.png").is_file()
 
 
 def _visits(log: Path) -> tuple[dict[int, dict], list[tuple[dict, dict]]]:
@@ -197,11 +220,12 @@ def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path,
         sys.executable, "-m", "cli.train", "--base-model", str(tiny_base), "--dataset", str(canny_dataset),
         "-o", str(out), "--resolution", "32", "--batch-size", "2", "--max-steps", "12", "--learning-rate", "1e-3",
         "--checkpointing-steps", "3", "--checkpoints-total-limit", "2", "--validation-steps", "0",
-        "--report-to", "none", "--log-samples", "--seed", "7", "--resume", "latest",
+        "--report-to", "none", "--log-samples", "--seed", "7", "--resume", "latest", "--lr-scheduler", "linear",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     log = out / "samples.jsonl"
-    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = (tmp_path / "first.err").open("w")  # a file, not a pipe that could fill and block the run
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     killed_after = None
     while time.monotonic() < deadline and first.poll() is None:
@@ -212,18 +236,22 @@ def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path,
             break
         time.sleep(0.05)
     first.wait()
-    assert killed_after is not None, first.stderr.read().decode()[-2000:]
+    stderr.close()
+    assert killed_after is not None, (tmp_path / "first.err").read_text()[-2000:]
     assert first.returncode == -signal.SIGKILL
 
     second = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr[-2000:]
     final, replayed = _visits(log)
     assert sorted(final) == list(range(1, 13))
-    # Steps run after the last checkpoint were run again on resume: same samples, same loss.
+    # Steps run after the last checkpoint were run again on resume: same samples, same learning rate
+    # (the linear schedule decays every step), same loss (same weights, noise and timesteps).
     assert replayed, "the kill must have happened after a step that no checkpoint covered"
     for before, after in replayed:
         assert before["ids"] == after["ids"]
+        assert after["lr"] == before["lr"]
         assert after["loss"] == pytest.approx(before["loss"], rel=1e-6, abs=1e-7)
+    assert final[12]["lr"] < final[1]["lr"]
     # 12 steps x 2 samples over 8 rows: each row seen exactly 3 times.
     counts = Counter(sample for record in final.values() for sample in record["ids"])
     assert sorted(counts) == [f"{k:05d}.png" for k in range(8)]
