@@ -192,6 +192,9 @@ class _Trainer:
         from transformers import AutoTokenizer, CLIPTextModel
 
         c = self.config
+        for role, source in (("base model", c.base_model), ("dataset", c.dataset), ("init ControlNet", c.init_controlnet)):
+            if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+                raise TrainError(f"{role} {source} does not exist")
         self.accelerator = accelerator = Accelerator(
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             mixed_precision=c.mixed_precision,
@@ -207,9 +210,6 @@ class _Trainer:
                 shutil.rmtree(stale, ignore_errors=True)  # left by a killed run mid-save
         accelerator.wait_for_everyone()
 
-        for role, source in (("base model", c.base_model), ("dataset", c.dataset), ("init ControlNet", c.init_controlnet)):
-            if source and source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
-                raise TrainError(f"{role} {source} does not exist")
         load = {"revision": c.revision}
         self.tokenizer = AutoTokenizer.from_pretrained(c.base_model, subfolder="tokenizer", revision=c.revision)
         self.noise_scheduler = DDPMScheduler.from_pretrained(c.base_model, subfolder="scheduler", **load)
@@ -277,7 +277,6 @@ class _Trainer:
         resume_dir = _resume_dir(c, self.output_dir)
         if resume_dir is not None:
             self.load_checkpoint(resume_dir)
-        self.empty_embedding: Any = None
 
     def batches(self) -> Any:
         from controlnet.data import (
