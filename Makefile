@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
-# Annotates scikit-image's bundled photographs (installed with the package) into ./demo-dataset.
+# Annotates the photographs bundled with scikit-image (installed with the package) into ./demo-dataset:
+# Parquet shards with image, conditioning_image and text, a dataset card, and a contact sheet.
 demo: setup
-	$(VENV)/bin/cn-annotate canny "$$($(PY) -c 'import skimage.data, os; print(os.path.dirname(skimage.data.__file__))')/astronaut.png" -o demo-canny.png
+	$(VENV)/bin/cn-annotate canny "$$($(PY) -c 'import skimage.data, os; print(os.path.dirname(skimage.data.__file__))')" -o demo-dataset --preview demo-dataset/preview.png
 
 test: setup
 	$(PY) -m pytest

@@ -28,6 +28,7 @@ from typer.core import TyperGroup
 import annotators
 from annotators.base import AnnotatorConfig
 from annotators.image import DEFAULT_MAX_PIXELS, ImageError, encode_png, load_image, resize_image
+from annotators.weights import WeightsNotFoundError
 from cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail
 from controlnet.sources import DEFAULT_PROMPT, IMAGE_SUFFIXES
 
@@ -272,7 +273,9 @@ def _run_annotator(names: list[str], input_spec: str, output: Path, options: Bui
             fail(f"{input_path}: not a file (a single map is written from a single image)", EXIT_USAGE)
         try:
             annotate_file(chosen[0], input_path, output, None if options.keep_size else options.resolution)
-        except ImageError as err:
+        except (ImageError, WeightsNotFoundError) as err:
+            fail(str(err))
+        except ValueError as err:  # a checkpoint that does not fit the network
             fail(str(err))
         Console().print(f"wrote {output}")
         return
@@ -344,18 +347,22 @@ def _group() -> None:
 
 
 @app.command("list")
-def list_annotators() -> None:
-    """List the annotators, with whether each needs weights and whether they are present."""
+def list_annotators(
+    weights: Annotated[Optional[Path], typer.Option(help="also look for checkpoints in this file or folder")] = None,  # noqa: UP007
+) -> None:
+    """List the annotators: whether each needs weights, whether they are present, and their licence."""
     table = Table(title="cn-annotate annotators")
-    for column in ("name", "description", "weights", "source"):
+    for column in ("name", "description", "weights", "weights licence", "source"):
         table.add_column(column)
     for info in annotators.available():
         cls = annotators.get_class(info.name)
         if not info.needs_weights:
-            weights = "none needed"
+            state, licence = "none needed", ""
         else:
-            weights = "[green]present[/]" if cls.weights_present() else "[yellow]missing[/]"  # type: ignore[attr-defined]
-        table.add_row(info.name, info.description, weights, info.source)
+            present = cls.weights_present(str(weights) if weights else None)  # type: ignore[attr-defined]
+            state = "[green]present[/]" if present else "[yellow]missing[/]"
+            licence = getattr(cls, "weights_license", "")
+        table.add_row(info.name, info.description, state, licence, info.source)
     Console().print(table)
 
 

@@ -742,6 +742,7 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
                 no_person=no_person if finders else None,
                 preview=preview,
                 versions=card.package_versions(any(annotators.get_class(n).needs_weights for n in names)),
+                data_bytes=sum(shard.stat().st_size for shard in (output / "data").glob("train-*.parquet")),
             ),
         )
 

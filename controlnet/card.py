@@ -31,6 +31,7 @@ class CardInfo:
     no_person: int | None  # images with no person found, for annotators that find people
     preview: list[dict[str, Any]]
     versions: dict[str, str]
+    data_bytes: int  # size of the finished shards
 
     @property
     def skipped(self) -> int:
@@ -69,6 +70,14 @@ def render_card(info: CardInfo) -> str:
         "  data_files:",
         "  - split: train",
         "    path: data/train-*",
+        # datasets caches a local folder with YAML configs by its name and these numbers alone, not
+        # by its files: without them a rebuilt or resumed folder would load stale rows from the cache.
+        "dataset_info:",
+        "  splits:",
+        "  - name: train",
+        f"    num_bytes: {info.data_bytes}",
+        f"    num_examples: {info.rows}",
+        f"  download_size: {info.data_bytes}",
         "tags:",
         "- controlnet",
         "- cn-annotate",

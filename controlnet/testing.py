@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+import annotators
+
 MAX_TOKENS = 77
 
 
@@ -115,31 +117,19 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: 
     return folder
 
 
-def write_dataset(
-    folder: str | Path, images: list[np.ndarray], conditions: list[np.ndarray], captions: list[str]
-) -> Path:
-    """A cn-annotate-style dataset folder: ``data/train-00000-of-00001.parquet`` with
-    ``image``, ``conditioning_image``, ``text`` and ``file_name`` columns."""
-    import io
-
-    from datasets import Dataset, Image
+def write_dataset(folder: str | Path, images: list[np.ndarray], captions: list[str], annotator: str = "canny") -> Path:
+    """A dataset made by the real builder (cn-annotate): the images are written as PNG files with
+    sidecar captions to ``folder/images`` and annotated at their own size into ``folder/dataset``."""
     from PIL import Image as PILImage
 
-    def png(array: np.ndarray) -> dict[str, bytes | None]:
-        buffer = io.BytesIO()
-        PILImage.fromarray(array).save(buffer, format="PNG")
-        return {"bytes": buffer.getvalue(), "path": None}
+    from controlnet.build import BuildConfig, build
 
     folder = Path(folder)
-    (folder / "data").mkdir(parents=True, exist_ok=True)
-    table = Dataset.from_dict(
-        {
-            "image": [png(i) for i in images],
-            "conditioning_image": [png(c) for c in conditions],
-            "text": captions,
-            "file_name": [f"{k:05d}.png" for k in range(len(images))],
-        }
-    )
-    table = table.cast_column("image", Image()).cast_column("conditioning_image", Image())
-    table.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
-    return folder
+    sources = folder / "images"
+    sources.mkdir(parents=True, exist_ok=True)
+    for index, (image, caption) in enumerate(zip(images, captions, strict=True)):
+        PILImage.fromarray(image).save(sources / f"{index:05d}.png")
+        (sources / f"{index:05d}.txt").write_text(caption)
+    config = annotators.create(annotator).config
+    build(BuildConfig(input=str(sources), output=folder / "dataset", annotators=((annotator, config),), keep_size=True, workers=1))
+    return folder / "dataset"

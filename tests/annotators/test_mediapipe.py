@@ -9,7 +9,6 @@ import pytest
 from skimage import data
 
 import annotators
-from annotators import mediapipe as mp_annotators
 from annotators.render import BODY_COLORS, COCO18_NAMES, PoseResult, count_body_keypoints
 
 POSE_IDS = ("mediapipe_pose", "mediapipe_hands", "mediapipe_face", "mediapipe_full")

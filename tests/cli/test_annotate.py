@@ -123,7 +123,7 @@ def test_entry_point_plugin_is_listed_and_runs_from_cli(photo_file: Path, tmp_pa
     site = tmp_path / "site"
     site.mkdir()
     _install_plugin(site)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO_ROOT)]), "COLUMNS": "250"}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli.annotate", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
@@ -138,3 +138,25 @@ def test_entry_point_plugin_is_listed_and_runs_from_cli(photo_file: Path, tmp_pa
     np.testing.assert_array_equal(load_image(out), load_image(photo_file) // 4)
     refused = cli("half_brightness", str(photo_file), "-o", str(out), "--divisor", "0")
     assert refused.returncode == 2 and "divisor" in refused.stderr
+
+
+def test_list_shows_weights_presence(seeded_weights, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = seeded_weights.ensure(("ControlNetHED.pth",))
+    monkeypatch.setenv("CN_ANNOTATE_WEIGHTS", str(folder))
+    result = runner.invoke(app, ["list"], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "present" in rows["softedge_hed"] and "Apache-2.0" in rows["softedge_hed"]
+    assert "missing" in rows["hed"] and "GPL" in rows["hed"]
+
+
+def test_missing_weights_is_one_clear_line_offline(photo_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("CN_ANNOTATE_WEIGHTS", raising=False)
+    result = runner.invoke(app, ["softedge_hed", str(photo_file), "-o", str(tmp_path / "x.png")], terminal_width=400)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "ControlNetHED.pth" in lines[0] and "CN_ANNOTATE_WEIGHTS" in lines[0] and "--weights" in lines[0]

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import annotators
 from controlnet.testing import build_tiny_pipeline, write_dataset
 
 CAPTIONS = ["an astronaut", "a cup of coffee", "a cat", "a man with a camera"]
@@ -31,19 +30,17 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def canny_dataset(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
-    """Eight rows of mixed sizes (four photographs, and the same mirrored), with Canny conditions."""
+    """Eight rows of mixed sizes (four photographs, and the same mirrored), built by cn-annotate canny."""
     images = thumbnails(photos, 64)
     images = images + [np.ascontiguousarray(i[:, ::-1]) for i in images]
-    conditions = annotators.create("canny")(images)
-    return write_dataset(tmp_path_factory.mktemp("canny-ds"), images, conditions, CAPTIONS * 2)
+    return write_dataset(tmp_path_factory.mktemp("canny-ds"), images, CAPTIONS * 2)
 
 
 @pytest.fixture(scope="session")
 def fixed_batch_dataset(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndarray]) -> Path:
     """Two rows: with batch size 2 every step sees the same samples."""
     images = thumbnails(photos[:2], 48)
-    conditions = annotators.create("canny")(images)
-    return write_dataset(tmp_path_factory.mktemp("fixed-ds"), images, conditions, CAPTIONS[:2])
+    return write_dataset(tmp_path_factory.mktemp("fixed-ds"), images, CAPTIONS[:2])
 
 
 @pytest.fixture(scope="session")

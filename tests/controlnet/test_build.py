@@ -350,6 +350,10 @@ class FakeNet(NeuralAnnotator):
     grayscale = True
     batches: list[int] = []  # batch sizes seen in this process
 
+    @property
+    def forward_batch_size(self) -> int:
+        return self.config.batch_size  # whole batches, as on a GPU (CPU runs go image by image)
+
     def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> Any:
         import torch
 
@@ -403,3 +407,28 @@ def test_missing_weights_stop_the_build(tmp_path: Path, monkeypatch: pytest.Monk
     write_photo(tmp_path / "images" / "a.jpg", 0, 64, 64)
     with pytest.raises(BuildError, match="fake_net.pth not found"):
         build(config(tmp_path / "images", tmp_path / "ds", names=("fake_net",), params={"fake_net": {"weights": str(tmp_path / "nowhere")}}))
+
+
+def test_load_dataset_sees_resumed_and_rebuilt_folders_not_a_stale_cache(tmp_path: Path) -> None:
+    """datasets caches a local folder with YAML configs by name; the card's numbers keep it honest."""
+    import datasets
+
+    cache = str(tmp_path / "one-shared-cache")
+
+    def count(output: Path) -> int:
+        return datasets.load_dataset(str(output), split="train", cache_dir=cache).num_rows
+
+    images = tmp_path / "images"
+    for i in range(3):
+        write_photo(images / f"{i}.jpg", i)
+    build(config(images, tmp_path / "a" / "ds"))
+    assert count(tmp_path / "a" / "ds") == 3
+    for i in range(3, 5):
+        write_photo(images / f"{i}.jpg", i)
+    build(config(images, tmp_path / "a" / "ds"))  # resumes: adds the two new inputs in a new shard
+    assert count(tmp_path / "a" / "ds") == 5
+    other = tmp_path / "other"
+    for i in range(4):
+        write_photo(other / f"{i}.jpg", i + 10)
+    build(config(other, tmp_path / "b" / "ds"))  # a different dataset in a folder of the same name
+    assert count(tmp_path / "b" / "ds") == 4
