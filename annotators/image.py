@@ -28,6 +28,7 @@ __all__ = [
     "hwc3",
     "load_image",
     "resize_image",
+    "resized_size",
     "resize_short_side",
     "to_output",
 ]
@@ -67,15 +68,19 @@ def hwc3(x: np.ndarray) -> np.ndarray:
     return blended.clip(0, 255).astype(np.uint8)
 
 
+def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
+    """``(height, width)`` that :func:`resize_image` gives, without resizing."""
+    scale = float(resolution) / min(height, width)
+    # At least one block of 64 where the reference would round a side to 0 and crash.
+    return max(1, int(np.round(height * scale / 64.0))) * 64, max(1, int(np.round(width * scale / 64.0))) * 64
+
+
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """The reference ``resize_image``: the short side goes to ``resolution``, both sides are then
     rounded to multiples of 64; LANCZOS4 when enlarging, AREA otherwise (also at scale 1)."""
     height, width = image.shape[:2]
-    scale = float(resolution) / min(height, width)
-    # At least one block of 64 where the reference would round a side to 0 and crash.
-    new_height = max(1, int(np.round(height * scale / 64.0))) * 64
-    new_width = max(1, int(np.round(width * scale / 64.0))) * 64
-    interpolation = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
+    new_height, new_width = resized_size(height, width, resolution)
+    interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
     return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
 
 

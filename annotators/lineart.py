@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from annotators.image import hwc3
-from annotators.neural import NeuralAnnotator, NeuralConfig
+from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
 
 if TYPE_CHECKING:
     import torch
@@ -89,15 +89,7 @@ class _SketchLineart(NeuralAnnotator):
 
     def network_input(self, batch: list[np.ndarray]) -> torch.Tensor:
         """Same-shape RGB images to ``(N, 3, H', W')`` in [0, 1], padded to a size the net can run."""
-        from torch.nn import functional as F
-
-        x = self.to_tensor(batch) / 255.0
-        height, width = x.shape[-2:]
-        pad_bottom = max(self.MIN_SIDE, -(-height // self.MULTIPLE) * self.MULTIPLE) - height
-        pad_right = max(self.MIN_SIDE, -(-width // self.MULTIPLE) * self.MULTIPLE) - width
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="replicate")
-        return x
+        return pad_to_multiple(self.to_tensor(batch) / 255.0, self.MULTIPLE, self.MIN_SIDE)
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         height, width = batch[0].shape[:2]

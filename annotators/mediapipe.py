@@ -314,14 +314,8 @@ class MediaPipeFace(_MediaPipeAnnotator):
 
 
 @dataclass(frozen=True)
-class MediaPipeFullConfig(AnnotatorConfig):
-    model_complexity: int = param(1, "BlazePose landmark model: only 1 is bundled (0 and 2 need a download)", choices=(0, 1, 2))
-    min_detection_confidence: float = param(0.5, "minimum person-detector confidence", ge=0.0, le=1.0)
-    visibility_threshold: float = param(0.5, "a body joint counts as found only above this visibility", ge=0.0, le=1.0)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_pose_complexity(self, self.model_complexity)
+class MediaPipeFullConfig(MediaPipePoseConfig):
+    """Holistic runs the same BlazePose body model, with the same options."""
 
 
 class MediaPipeFull(_MediaPipeAnnotator):

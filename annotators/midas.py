@@ -33,7 +33,7 @@ import numpy as np
 
 from annotators.base import param
 from annotators.image import hwc3
-from annotators.neural import NeuralAnnotator, NeuralConfig
+from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
 
 if TYPE_CHECKING:
     import torch
@@ -83,18 +83,10 @@ class _MidasBase(NeuralAnnotator):
 
     def predict_depth(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
         """Raw relative inverse depth (N, H, W) float32 for a same-shape batch."""
-        import torch.nn.functional as F
-
         from annotators.nets.dpt_hybrid import SIZE_MULTIPLE
 
         height, width = batch[0].shape[:2]
-        # Contiguous NCHW: to_tensor's NHWC-strided view would switch the convolutions to their
-        # channels-last kernels, whose rounding drifts further from the reference.
-        x = self.to_tensor(batch) / 127.5 - 1.0
-        pad_bottom = math.ceil(height / SIZE_MULTIPLE) * SIZE_MULTIPLE - height
-        pad_right = math.ceil(width / SIZE_MULTIPLE) * SIZE_MULTIPLE - width
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="replicate")
+        x = pad_to_multiple(self.to_tensor(batch) / 127.5 - 1.0, SIZE_MULTIPLE)
         depth = model(x)[:, :height, :width]
         return depth.float().cpu().numpy()
 

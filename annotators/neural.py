@@ -23,7 +23,7 @@ from annotators.weights import find_checkpoint, is_checkpoint_present, load_chec
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["NeuralAnnotator", "NeuralConfig", "batches_by_shape"]
+__all__ = ["NeuralAnnotator", "NeuralConfig", "batches_by_shape", "pad_to_multiple"]
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -56,6 +56,20 @@ def batches_by_shape(images: Sequence[np.ndarray], batch_size: int) -> Iterator[
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             yield chunk, [images[i] for i in chunk]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 1) -> torch.Tensor:
+    """Pad an NCHW tensor at the bottom and right, repeating the edge pixels, so that each side is a
+    multiple of ``multiple`` (and at least ``min_side``): networks that the reference runs only at
+    such sizes then take any image, and the caller crops the output back."""
+    import torch.nn.functional as F
+
+    height, width = x.shape[-2:]
+    pad_bottom = max(min_side, -(-height // multiple) * multiple) - height
+    pad_right = max(min_side, -(-width // multiple) * multiple) - width
+    if pad_bottom or pad_right:
+        x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="replicate")
+    return x
 
 
 class NeuralAnnotator(Annotator):

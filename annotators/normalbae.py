@@ -16,14 +16,13 @@ and the prediction is cropped back.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from annotators.neural import NeuralAnnotator, NeuralConfig
+from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
 
 if TYPE_CHECKING:
     import torch
@@ -55,18 +54,12 @@ class NormalBae(NeuralAnnotator):
     def predict(self, model: torch.nn.Module, batch: list[np.ndarray]) -> torch.Tensor:
         """Full-resolution prediction (N, 4, H, W): unit normal (x, y, z) and kappa."""
         import torch
-        import torch.nn.functional as F
 
         height, width = batch[0].shape[:2]
-        # Contiguous NCHW keeps the convolutions on the kernels the reference used.
         x = self.to_tensor(batch) / 255.0
         mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x - mean) / std
-        pad_bottom = math.ceil(height / SIZE_MULTIPLE) * SIZE_MULTIPLE - height
-        pad_right = math.ceil(width / SIZE_MULTIPLE) * SIZE_MULTIPLE - width
-        if pad_bottom or pad_right:
-            x = F.pad(x, (0, pad_right, 0, pad_bottom), mode="replicate")
+        x = pad_to_multiple((x - mean) / std, SIZE_MULTIPLE)
         return model(x)[-1][:, :, :height, :width]
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:

@@ -48,6 +48,7 @@ from annotators.image import (
     decode_image_info,
     encode_png,
     resize_image,
+    resized_size,
 )
 from annotators.neural import NeuralAnnotator
 from controlnet.sources import DEFAULT_PROMPT, Source, SourceItem, open_source
@@ -239,12 +240,6 @@ def count_keypoints(data: dict[str, Any] | None) -> int:
     return total
 
 
-def _resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
-    """The size :func:`resize_image` gives, computed without resizing."""
-    scale = float(resolution) / min(height, width)
-    return int(np.round(height * scale / 64.0)) * 64, int(np.round(width * scale / 64.0)) * 64
-
-
 def _json_value(value: Any) -> Any:
     """numpy scalars and arrays in annotators' data, as JSON numbers and lists."""
     if isinstance(value, np.ndarray | np.generic):
@@ -284,7 +279,7 @@ class Pipeline:
             decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels)
             pixels = decoded.pixels
             if self.resolution is not None:
-                height, width = _resized_size(pixels.shape[0], pixels.shape[1], self.resolution)
+                height, width = resized_size(pixels.shape[0], pixels.shape[1], self.resolution)
                 if height * width > self.max_pixels:  # e.g. a 20000x20 strip, whose short side goes to 512
                     raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
                 pixels = resize_image(pixels, self.resolution)

@@ -137,3 +137,12 @@ def test_encode_png_is_lossless_and_grayscale_stores_one_channel(rgb: np.ndarray
     data = encode_png(gray, grayscale=True)
     assert Image.open(io.BytesIO(data)).mode == "L"
     np.testing.assert_array_equal(decode_image(data), gray)
+
+
+def test_resized_size_matches_resize_image() -> None:
+    from annotators.image import resized_size
+
+    for height, width in ((80, 96), (512, 576), (300, 1000), (1000, 37), (64, 64), (48, 64)):
+        for resolution in (30, 64, 512, 768):
+            expected = resize_image(np.zeros((height, width, 3), np.uint8), resolution).shape[:2]
+            assert resized_size(height, width, resolution) == expected

@@ -140,8 +140,12 @@ def test_entry_point_plugin_is_listed_and_runs_from_cli(photo_file: Path, tmp_pa
     assert refused.returncode == 2 and "divisor" in refused.stderr
 
 
-def test_list_shows_weights_presence(seeded_weights, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = seeded_weights.ensure(("ControlNetHED.pth",))
+def test_list_shows_weights_presence(seeded_weights, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(seeded_weights.ensure(("ControlNetHED.pth",)) / "ControlNetHED.pth", folder)
     monkeypatch.setenv("CN_ANNOTATE_WEIGHTS", str(folder))
     result = runner.invoke(app, ["list"], terminal_width=250)
     assert result.exit_code == 0, result.output

@@ -320,15 +320,6 @@ def test_schema_is_the_one_datasets_writes() -> None:
     assert arrow_schema(["canny", "fake_pose"], ["fake_pose"]).equals(expected, check_metadata=True)
 
 
-def test_resized_size_matches_resize_image() -> None:
-    from controlnet.build import _resized_size
-
-    for height, width in ((80, 96), (512, 576), (300, 1000), (1000, 37), (64, 64)):
-        for resolution in (64, 512, 768):
-            expected = resize_image(np.zeros((height, width, 3), np.uint8), resolution).shape[:2]
-            assert _resized_size(height, width, resolution) == expected
-
-
 def test_a_strip_too_large_once_resized_is_skipped(tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()
