@@ -147,6 +147,9 @@ def test_list_shows_weights_presence(seeded_weights, tmp_path: Path, monkeypatch
     folder.mkdir()
     shutil.copy(seeded_weights.ensure(("ControlNetHED.pth",)) / "ControlNetHED.pth", folder)
     monkeypatch.setenv("CN_ANNOTATE_WEIGHTS", str(folder))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     result = runner.invoke(app, ["list"], terminal_width=250)
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
