@@ -12,7 +12,9 @@ temporary folder. Compared in one run, on the same photos:
   Parquet shards and the card), after Python has started and imported its modules;
 * a bare loop: ``cv2.imread``, ``resize_image``, ``cv2.Canny``, ``cv2.imencode`` to PNG;
 * a one-image-at-a-time loop in the style of controlnet_aux: PIL, numpy, HWC3, resize, Canny,
-  HWC3, PIL, PNG.
+  HWC3, PIL, PNG;
+* ``cn-annotate mediapipe_pose`` with N workers against MediaPipe pose run one image at a time in
+  one process (decode, resize, detect, draw, PNG), on the first ``--pose-images`` photos.
 
 With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
 multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
@@ -120,9 +122,24 @@ def aux_style_loop(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def cn_annotate(folder: Path, output: Path, workers: int) -> dict[str, float]:
+def pose_loop(paths: list[Path]) -> float:
+    """MediaPipe pose one image at a time in one process: decode, resize, detect, draw, PNG."""
+    import annotators
+
+    pose = annotators.create("mediapipe_pose")
+    pose([np.zeros((64, 64, 3), np.uint8)])  # build the graph outside the timing, as the builder's workers do
+    start = time.perf_counter()
+    for path in paths:
+        image = resize_image(cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB), RESOLUTION)
+        (drawn,) = pose([image])
+        ok, _ = cv2.imencode(".png", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        assert ok
+    return time.perf_counter() - start
+
+
+def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny") -> dict[str, float]:
     shutil.rmtree(output, ignore_errors=True)
-    args = ["canny", str(folder), "-o", str(output), "--workers", str(workers)]
+    args = [annotator, str(folder), "-o", str(output), "--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
@@ -142,6 +159,7 @@ def main() -> None:
     parser.add_argument("--ready", action="store_true", help="photos already at training size: no resize, no re-encoding")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timed variant; the best counts")
     parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
+    parser.add_argument("--pose-images", type=int, default=100, help="photos in the mediapipe_pose comparison (0: skip it)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
@@ -164,6 +182,17 @@ def main() -> None:
         rows.append(("controlnet_aux style loop", len(paths), aux_style_loop(paths), None))
         rows.append(("cn-annotate canny, 1 worker", len(paths), one["seconds"], one))
         rows.append((f"cn-annotate canny, {args.workers} workers", len(paths), many["seconds"], many))
+        pose_rows = []
+        if args.pose_images:
+            pose_photos = workdir / f"{kind}-pose-{args.pose_images}"
+            if not pose_photos.is_dir():
+                pose_photos.mkdir(parents=True)
+                for path in paths[: args.pose_images]:
+                    shutil.copy(path, pose_photos / path.name)
+            pose_paths = sorted(pose_photos.glob("*.jpg"))
+            pose_rows.append(("mediapipe_pose one at a time", len(pose_paths), pose_loop(pose_paths), None))
+            pose_run = cn_annotate(pose_photos, workdir / "out-pose", args.workers, "mediapipe_pose")
+            pose_rows.append((f"cn-annotate mediapipe_pose, {args.workers} w", len(pose_paths), pose_run["seconds"], pose_run))
         large = None
         if args.large:
             big = workdir / f"{kind}-{args.large}"
@@ -179,6 +208,15 @@ def main() -> None:
             main_rss = f"{stats['main_rss_kb'] / 1024:.0f} MiB" if stats else "-"
             worker_rss = f"{stats['worker_rss_kb'] / 1024:.0f} MiB" if stats and stats["worker_rss_kb"] else "-"
             print(f"{name:<34} {count:>6} {seconds:>8.2f} {rate:>9.1f} {rate / bare_rate:>7.2f}x {main_rss:>9} {worker_rss:>10}")
+
+        if pose_rows:
+            loop_rate = pose_rows[0][1] / pose_rows[0][2]
+            print(f"{'':<34} {'':>6} {'':>8} {'':>9} {'vs loop':>8}")
+            for name, count, seconds, stats in pose_rows:
+                rate = count / seconds
+                main_rss = f"{stats['main_rss_kb'] / 1024:.0f} MiB" if stats else "-"
+                worker_rss = f"{stats['worker_rss_kb'] / 1024:.0f} MiB" if stats and stats["worker_rss_kb"] else "-"
+                print(f"{name:<34} {count:>6} {seconds:>8.2f} {rate:>9.1f} {rate / loop_rate:>7.2f}x {main_rss:>9} {worker_rss:>10}")
 
         print()
         ratio_one = (len(paths) / one["seconds"]) / bare_rate
