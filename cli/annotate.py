@@ -180,22 +180,13 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
     from controlnet.sources import SourceError
 
     try:
+        # Every build option but the CLI's own (--strict, --preview) is a BuildConfig field of that name.
+        build_options = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("strict", "preview")}
         config = BuildConfig(
             input=input_spec,
             output=output,
             annotators=tuple((name, annotator.config) for name, annotator in zip(names, chosen)),
-            resolution=options.resolution,
-            keep_size=options.keep_size,
-            prompt=options.prompt,
-            image_column=options.image_column,
-            caption_column=options.caption_column,
-            split=options.split,
-            workers=options.workers,
-            batch_size=options.batch_size,
-            shard_size=options.shard_size,
-            min_keypoints=options.min_keypoints,
-            max_pixels=options.max_pixels,
-            overwrite=options.overwrite,
+            **build_options,
         )
     except ValueError as err:
         fail(str(err), EXIT_USAGE)
