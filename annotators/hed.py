@@ -17,6 +17,7 @@ Output: white (soft or binary) edges on black, at the input size.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,8 +41,10 @@ __all__ = [
     "ScribbleHED",
     "SoftEdgeHED",
     "SoftEdgeHEDSafe",
+    "SoftEdgeNetwork",
     "check_min_side",
     "scribble",
+    "soft_edge_map",
     "to_uint8_map",
 ]
 
@@ -83,49 +86,64 @@ def scribble(edges: np.ndarray, config: ScribbleConfig) -> np.ndarray:
     return scribble_from_soft_edges(edges, config.nms_threshold, config.nms_sigma, config.blur_sigma, config.stroke_threshold)
 
 
-class _HEDv10(NeuralAnnotator):
-    """The v1.0 HED network; subclasses turn its uint8 edge maps into condition maps."""
+def soft_edge_map(probability: np.ndarray, config: NeuralConfig) -> np.ndarray:
+    """An HxW [0, 1] edge probability to the uint8 map of the variant that ``config`` selects: the
+    quantised "safe" map, scribble strokes, or the plain soft edges."""
+    if isinstance(config, SafeSoftEdgeConfig):
+        return to_uint8_map(safe_step(probability, config.safe_steps))
+    if isinstance(config, ScribbleConfig):
+        return scribble(to_uint8_map(probability), config)
+    return to_uint8_map(probability)
+
+
+class SoftEdgeNetwork(NeuralAnnotator):
+    """An edge network (HED, PiDiNet) whose variants differ only in their config, which picks the
+    post-processing of :func:`soft_edge_map`; families implement ``_probabilities``."""
+
+    grayscale = True
+
+    def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
+        """Per image of a same-shape batch, the HxW edge probability in [0, 1]."""
+        raise NotImplementedError
+
+    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
+        return [hwc3(soft_edge_map(p, self.config)) for p in self._probabilities(model, batch)]
+
+
+class _HEDv10(SoftEdgeNetwork):
+    """The v1.0 HED network (BGR input in [0, 1], sigmoid of the fused side outputs)."""
 
     checkpoints: ClassVar[tuple[str, ...]] = ("network-bsds500.pth",)
     weights_license: ClassVar[str] = "GPL (sniklaus/pytorch-hed port of the BSDS500 HED weights)"
-    grayscale = True
 
     def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
         from annotators.nets.hed import HEDNetwork, hed_network_state_dict
 
         return load_strict(HEDNetwork(), checkpoints[0], hed_network_state_dict, source=sources[0])
 
-    def _edge_maps(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
-        """(N, H, W) uint8 HED maps."""
+    def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
+        """(N, H, W) float32 edge probabilities."""
         check_min_side(batch, _HED_MIN_SIDE, "HED")
         bgr = self.to_tensor(batch).flip(1) / 255.0
-        return to_uint8_map(model(bgr)[:, 0].float().cpu().numpy())
+        return model(bgr)[:, 0].float().cpu().numpy()
 
 
 class HED(_HEDv10):
     name = "hed"
     description = "HED soft edges (v1.0, original BSDS500 weights; GPL weights)"
 
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(edges) for edges in self._edge_maps(model, batch)]
-
 
 class FakeScribble(_HEDv10):
     name = "fake_scribble"
     description = "Scribble strokes from v1.0 HED edges (GPL weights), white on black"
     Config = ScribbleConfig
-    config: ScribbleConfig
-
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(scribble(edges, self.config)) for edges in self._edge_maps(model, batch)]
 
 
-class _HEDv11(NeuralAnnotator):
-    """The v1.1 ControlNetHED network; subclasses turn its edge probabilities into condition maps."""
+class _HEDv11(SoftEdgeNetwork):
+    """The v1.1 ControlNetHED network (raw RGB input minus a learned offset)."""
 
     checkpoints: ClassVar[tuple[str, ...]] = ("ControlNetHED.pth",)
     weights_license: ClassVar[str] = "Apache-2.0 (lllyasviel's ControlNetHED_Apache2)"
-    grayscale = True
 
     def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
         from annotators.nets.hed import ControlNetHED, controlnet_hed_state_dict
@@ -150,25 +168,14 @@ class SoftEdgeHED(_HEDv11):
     name = "softedge_hed"
     description = "HED soft edges (v1.1 ControlNetHED, Apache-2.0 weights)"
 
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(to_uint8_map(p)) for p in self._probabilities(model, batch)]
-
 
 class SoftEdgeHEDSafe(_HEDv11):
     name = "softedge_hedsafe"
     description = "HED soft edges quantised to a few levels (v1.1 'safe' variant)"
     Config = SafeSoftEdgeConfig
-    config: SafeSoftEdgeConfig
-
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(to_uint8_map(safe_step(p, self.config.safe_steps))) for p in self._probabilities(model, batch)]
 
 
 class ScribbleHED(_HEDv11):
     name = "scribble_hed"
     description = "Scribble strokes from v1.1 HED soft edges, white on black"
     Config = ScribbleConfig
-    config: ScribbleConfig
-
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(scribble(to_uint8_map(p), self.config)) for p in self._probabilities(model, batch)]

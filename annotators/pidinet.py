@@ -16,10 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, check_min_side, scribble, to_uint8_map
-from annotators.image import hwc3
-from annotators.neural import NeuralAnnotator
-from annotators.ops import safe_step
+from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, SoftEdgeNetwork, check_min_side
 from annotators.weights import load_strict
 
 if TYPE_CHECKING:
@@ -31,10 +28,9 @@ __all__ = ["ScribblePiDiNet", "SoftEdgePiDiNet", "SoftEdgePiDiNetSafe"]
 _MIN_SIDE = 8
 
 
-class _PiDiNet(NeuralAnnotator):
+class _PiDiNet(SoftEdgeNetwork):
     checkpoints: ClassVar[tuple[str, ...]] = ("table5_pidinet.pth",)
     weights_license: ClassVar[str] = "MIT text with the authors' research-only note (hellozhuo/pidinet)"
-    grayscale = True
 
     def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
         from annotators.nets.pidinet import PiDiNet, pidinet_state_dict
@@ -52,25 +48,14 @@ class SoftEdgePiDiNet(_PiDiNet):
     name = "softedge_pidinet"
     description = "PiDiNet soft edges (v1.1)"
 
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(to_uint8_map(p)) for p in self._probabilities(model, batch)]
-
 
 class SoftEdgePiDiNetSafe(_PiDiNet):
     name = "softedge_pidisafe"
     description = "PiDiNet soft edges quantised to a few levels (v1.1 'safe' variant)"
     Config = SafeSoftEdgeConfig
-    config: SafeSoftEdgeConfig
-
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(to_uint8_map(safe_step(p, self.config.safe_steps))) for p in self._probabilities(model, batch)]
 
 
 class ScribblePiDiNet(_PiDiNet):
     name = "scribble_pidinet"
     description = "Scribble strokes from PiDiNet soft edges (v1.1), white on black"
     Config = ScribbleConfig
-    config: ScribbleConfig
-
-    def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(scribble(to_uint8_map(p), self.config)) for p in self._probabilities(model, batch)]
