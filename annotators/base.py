@@ -3,6 +3,8 @@
 An annotator is a thin object holding a frozen config (and, for neural ones, weights). Subclasses
 implement ``_maps`` (or ``_annotate`` when they also find structured data such as keypoints); the
 base class validates the batch once and keeps the public surface identical for every annotator.
+Grayscale annotators compute single-channel (HxW) maps; the base class widens them to HxWx3 unless
+the caller asks for them as they are (the dataset builder stores them as one-channel PNGs).
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 
-__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "param", "image_seed"]
+from annotators.image import hwc3
+
+__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "image_seed", "param"]
 
 
 def param(
@@ -129,6 +134,10 @@ def check_image(image: Any, index: int) -> np.ndarray:
     return image
 
 
+def _single_channel(map: np.ndarray) -> np.ndarray:
+    return map if map.ndim == 2 else cv2.extractChannel(map, 0)
+
+
 class Annotator:
     """Base class: holds a validated config; ``__call__`` maps a batch of RGB images to condition maps.
 
@@ -137,7 +146,8 @@ class Annotator:
         description: one line for listings.
         Config: the frozen config dataclass; its defaults reproduce the reference.
         needs_weights: whether the annotator loads a checkpoint.
-        grayscale: the map's three channels are equal, so it may be stored single-channel.
+        grayscale: the map is single-channel: the core returns it HxW (HxWx3 with equal channels
+            is accepted too) and ``annotate`` widens it to HxWx3 unless ``single_channel``.
         finds_data: ``annotate`` returns structured data (e.g. OpenPose keypoints) besides the map.
     """
 
@@ -170,14 +180,22 @@ class Annotator:
         """Condition maps (HxWx3 uint8) for a batch of HxWx3 uint8 RGB images."""
         return [annotation.map for annotation in self.annotate(images)]
 
-    def annotate(self, images: Sequence[np.ndarray]) -> list[Annotation]:
-        """Like ``__call__``, but each result also carries the structured data the annotator found."""
+    def annotate(self, images: Sequence[np.ndarray], *, single_channel: bool = False) -> list[Annotation]:
+        """Like ``__call__``, but each result also carries the structured data the annotator found.
+
+        ``single_channel``: grayscale annotators return HxW maps instead of widening them to HxWx3
+        (colour annotators are unaffected), which saves a copy when the map is stored as one channel.
+        """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise ValueError("expected a list of images; wrap a single image as [image]")
         batch = [check_image(image, i) for i, image in enumerate(images)]
         if not batch:
             return []
-        return self._annotate(batch)
+        annotations = self._annotate(batch)
+        if not self.grayscale:
+            return annotations
+        shape = _single_channel if single_channel else hwc3
+        return [dataclasses.replace(a, map=shape(a.map)) for a in annotations]
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
         return [Annotation(m) for m in self._maps(images)]

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorConfig, PerImageAnnotator, param
-from annotators.image import hwc3
 
 
 @dataclass(frozen=True)
@@ -41,4 +40,4 @@ class Canny(PerImageAnnotator):
     grayscale = True
 
     def _map(self, image: np.ndarray) -> np.ndarray:
-        return hwc3(canny(image, self.config.low_threshold, self.config.high_threshold))
+        return canny(image, self.config.low_threshold, self.config.high_threshold)

@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 
 from annotators.base import param
-from annotators.image import hwc3
 from annotators.neural import NeuralAnnotator, NeuralConfig
 from annotators.ops import safe_step, scribble_from_soft_edges
 from annotators.weights import load_strict
@@ -107,7 +106,7 @@ class SoftEdgeNetwork(NeuralAnnotator):
         raise NotImplementedError
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
-        return [hwc3(soft_edge_map(p, self.config)) for p in self._probabilities(model, batch)]
+        return [soft_edge_map(p, self.config) for p in self._probabilities(model, batch)]
 
 
 class _HEDv10(SoftEdgeNetwork):

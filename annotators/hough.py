@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorConfig, PerImageAnnotator, param
-from annotators.image import hwc3
 
 
 @dataclass(frozen=True)
@@ -54,4 +53,4 @@ class Hough(PerImageAnnotator):
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config
         segments = detect_segments(image, c.min_length, c.min_score, c.scale)
-        return hwc3(draw_segments(segments, *image.shape[:2]))
+        return draw_segments(segments, *image.shape[:2])

@@ -168,10 +168,8 @@ def _decode_jpeg_fast(data: bytes, mode: str) -> np.ndarray | None:
     them. Returns None when the fast path does not apply."""
     if mode not in ("RGB", "L") or not data.endswith(b"\xff\xd9"):
         return None
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    # Decoded straight to RGB by libjpeg-turbo: no channel swap pass over the full-size image.
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
 def decode_image_info(

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import cv2
 import numpy as np
 
-from annotators.image import hwc3
 from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
 
 if TYPE_CHECKING:
@@ -94,7 +93,7 @@ class _SketchLineart(NeuralAnnotator):
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         height, width = batch[0].shape[:2]
         sketches = model(self.network_input(batch))[:, 0, :height, :width].float().cpu().numpy()
-        return [hwc3(sketch_to_map(sketch)) for sketch in sketches]
+        return [sketch_to_map(sketch) for sketch in sketches]
 
 
 class LineartRealistic(_SketchLineart):
@@ -134,4 +133,4 @@ class LineartAnime(NeuralAnnotator):
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         height, width = batch[0].shape[:2]
         outputs = model(self.network_input(batch))[:, 0].float().cpu().numpy()
-        return [hwc3(anime_output_to_map(output, height, width)) for output in outputs]
+        return [anime_output_to_map(output, height, width) for output in outputs]

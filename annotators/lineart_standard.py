@@ -11,7 +11,6 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorConfig, PerImageAnnotator, param
-from annotators.image import hwc3
 
 
 @dataclass(frozen=True)
@@ -38,4 +37,4 @@ class LineartStandard(PerImageAnnotator):
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config
-        return hwc3(lineart_standard(image, c.gaussian_sigma, c.intensity_threshold))
+        return lineart_standard(image, c.gaussian_sigma, c.intensity_threshold)

@@ -380,5 +380,5 @@ class PersonMask(_MediaPipeAnnotator):
             gray = np.round(mask.clip(0.0, 1.0) * 255).astype(np.uint8)
         else:
             gray = np.where(mask > self.config.threshold, np.uint8(255), np.uint8(0))
-        return Annotation(np.repeat(gray[:, :, None], 3, axis=2))
+        return Annotation(gray)
 

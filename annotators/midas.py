@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 
 from annotators.base import param
-from annotators.image import hwc3
 from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
 
 if TYPE_CHECKING:
@@ -50,7 +49,7 @@ def depth_to_map(depth: np.ndarray) -> np.ndarray:
 
 
 def depth_image(normalised: np.ndarray) -> np.ndarray:
-    return hwc3((normalised * np.float32(255.0)).clip(0, 255).astype(np.uint8))
+    return (normalised * np.float32(255.0)).clip(0, 255).astype(np.uint8)
 
 
 def normal_image(depth: np.ndarray, normalised: np.ndarray, a: float, bg_th: float) -> np.ndarray:

@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 
 from annotators.base import param
-from annotators.image import hwc3
 from annotators.neural import NeuralAnnotator, NeuralConfig
 
 if TYPE_CHECKING:
@@ -151,5 +150,5 @@ class MLSD(NeuralAnnotator):
         for tp_map in tp_maps:
             decoded = decode_segments(tp_map, self.config.value_threshold, self.config.distance_threshold)
             lines = segments_to_lines(decoded.segments, width / net_width, height / net_height)
-            maps.append(hwc3(draw_lines(lines, height, width)))
+            maps.append(draw_lines(lines, height, width))
         return maps

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorConfig, PerImageAnnotator, param
-from annotators.image import hwc3
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Threshold(PerImageAnnotator):
     grayscale = True
 
     def _map(self, image: np.ndarray) -> np.ndarray:
-        return hwc3(np.where(image.min(axis=2) > self.config.threshold, np.uint8(255), np.uint8(0)))
+        return np.where(image.min(axis=2) > self.config.threshold, np.uint8(255), np.uint8(0))
 
 
 class Binary(PerImageAnnotator):
@@ -57,7 +56,7 @@ class Binary(PerImageAnnotator):
     grayscale = True
 
     def _map(self, image: np.ndarray) -> np.ndarray:
-        return hwc3(binary(image, self.config.threshold))
+        return binary(image, self.config.threshold)
 
 
 class Invert(PerImageAnnotator):

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 
 from annotators.base import AnnotatorConfig, PerImageAnnotator, param
-from annotators.image import hwc3
 
 
 @dataclass(frozen=True)
@@ -42,4 +41,4 @@ class ScribbleXDoG(PerImageAnnotator):
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config
-        return hwc3(xdog(image, c.threshold, c.sigma_fine, c.sigma_coarse))
+        return xdog(image, c.threshold, c.sigma_fine, c.sigma_coarse)

@@ -296,12 +296,12 @@ class Pipeline:
     def _annotate_all(self, annotator: Annotator, images: list[np.ndarray]) -> list[Annotation | str]:
         """Annotations, or an error message for the images the annotator fails on."""
         try:
-            return list(annotator.annotate(images))
+            return list(annotator.annotate(images, single_channel=True))
         except Exception:  # find which images fail, so that one bad image does not sink a batch
             results: list[Annotation | str] = []
             for image in images:
                 try:
-                    results.append(annotator.annotate([image])[0])
+                    results.append(annotator.annotate([image], single_channel=True)[0])
                 except Exception as err:
                     results.append(f"annotator {annotator.name} failed ({type(err).__name__}: {err})")
             return results

@@ -64,6 +64,7 @@ def runs(small_images, seeded_weights):
             cache[name] = {
                 "annotator": annotator,
                 "batched": batched,
+                "single_channel": [a.map for a in annotator.annotate(small_images, single_channel=True)],
                 "reversed": _create(name, seeded_weights)(list(reversed(small_images)))[::-1],
                 "singles": [annotator([image])[0] for image in small_images],
                 "inputs_untouched": all(np.array_equal(a, b) for a, b in zip(small_images, copies)),
@@ -85,6 +86,17 @@ def test_maps_are_uint8_hwc3_of_input_size(name: str, small_images, runs) -> Non
         for condition in maps:
             np.testing.assert_array_equal(condition[:, :, 0], condition[:, :, 2])
             np.testing.assert_array_equal(condition[:, :, 0], condition[:, :, 1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_channel_maps_are_the_first_channel_of_grayscale_maps(name: str, runs) -> None:
+    result = runs(name)
+    for wide, compact in zip(result["batched"], result["single_channel"]):
+        if result["annotator"].grayscale:
+            assert compact.shape == wide.shape[:2]
+            np.testing.assert_array_equal(compact, wide[:, :, 0])
+        else:  # colour maps are returned as they are
+            np.testing.assert_array_equal(compact, wide)
 
 
 @pytest.mark.parametrize("name", NAMES)
