@@ -346,7 +346,11 @@ class Pipeline:
         return [finished[id(p)] if isinstance(p, _Prepared) else p for p in prepared]
 
     def process(self, chunk: list[SourceItem]) -> list[_Row | _Skip]:
-        return self.annotate([self.prepare(item) for item in chunk])
+        if any(isinstance(a, NeuralAnnotator) and a.forward_batch_size > 1 for a in self.annotators):
+            return self.annotate([self.prepare(item) for item in chunk])
+        # Nothing gains from a batch: take each image through every stage while its pixels are still
+        # in the CPU cache (measured about 3% faster than stage by stage over the chunk).
+        return [self.annotate([self.prepare(item)])[0] for item in chunk]
 
 
 _WORKER: Pipeline | None = None
@@ -482,6 +486,7 @@ class ShardWriter:
     file in row groups and renamed into place once it holds ``shard_size`` rows (or at the end)."""
 
     ROW_GROUP = 100  # rows buffered in memory; also a good page size for the Hub's viewer
+    ROW_GROUP_BYTES = 128 * 2**20  # ... or fewer when they are large, to bound memory (and stay far below Arrow's 2 GiB per binary array)
 
     def __init__(self, output: Path, schema: Any, names: list[str], finders: list[str], shard_size: int, next_index: int) -> None:
         self.data_dir = output / DATA_DIR
@@ -493,6 +498,7 @@ class ShardWriter:
         self.shard_size = shard_size
         self.index = next_index
         self.buffer: list[_Row] = []
+        self.buffered_bytes = 0
         self.rows_in_shard = 0
         self.writer: Any = None
         self.on_shard: Callable[[], None] | None = None
@@ -502,7 +508,9 @@ class ShardWriter:
 
     def add(self, row: _Row) -> None:
         self.buffer.append(row)
-        if len(self.buffer) >= self.ROW_GROUP or self.rows_in_shard + len(self.buffer) >= self.shard_size:
+        self.buffered_bytes += len(row.image) + sum(len(m) for m in row.maps)
+        full = len(self.buffer) >= self.ROW_GROUP or self.buffered_bytes >= self.ROW_GROUP_BYTES
+        if full or self.rows_in_shard + len(self.buffer) >= self.shard_size:
             self._flush()
         if self.rows_in_shard >= self.shard_size:
             self._finish_shard()
@@ -513,7 +521,7 @@ class ShardWriter:
 
         if not self.buffer:
             return
-        rows, self.buffer = self.buffer, []
+        rows, self.buffer, self.buffered_bytes = self.buffer, [], 0
         file_names = [r.file_name for r in rows]
 
         def image_column(data: list[bytes], paths: list[str] | None) -> Any:

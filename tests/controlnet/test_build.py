@@ -23,6 +23,7 @@ from controlnet.build import (
     BuildConfig,
     BuildError,
     BuildProgress,
+    ShardWriter,
     build,
     count_keypoints,
     shard_paths,
@@ -219,6 +220,21 @@ def test_shards_are_numbered_and_complete(tmp_path: Path) -> None:
     assert [pq.read_metadata(path).num_rows for path in shard_paths(output)] == [2, 2, 1]
     assert sorted(p.name for p in output.iterdir()) == ["README.md", "build.json", "data", "skipped.jsonl"]
     assert len(load(output, tmp_path)) == 5
+
+
+def test_row_groups_are_bounded_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "images"
+    for i in range(6):
+        write_photo(folder / f"{i}.png", i, 64, 64, fmt="PNG")
+    smallest = min(len(path.read_bytes()) for path in folder.iterdir())  # stored as they are: no resize at 64
+    monkeypatch.setattr(ShardWriter, "ROW_GROUP_BYTES", 2 * smallest)
+    output = tmp_path / "ds"
+    build(config(folder, output, resolution=64, workers=1))
+    (shard,) = shard_paths(output)
+    metadata = pq.read_metadata(shard)
+    groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert sum(groups) == 6 and max(groups) == 2  # any two rows reach the limit
+    assert len(load(output, tmp_path)) == 6
 
 
 def test_existing_dataset_as_input_keeps_its_captions(tmp_path: Path) -> None:
