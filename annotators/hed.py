@@ -127,6 +127,18 @@ class _HEDv10(SoftEdgeNetwork):
         return model(bgr)[:, 0].float().cpu().numpy()
 
 
+def _fused_probabilities_on_device(projections: list[torch.Tensor], height: int, width: int) -> np.ndarray:
+    """The CPU path's resize, mean and float64 sigmoid, on the accelerator: copying five full-size
+    maps per image to the CPU and resizing them there took 9 of 10 ms per image on a GPU. Torch's
+    bilinear resize (half-pixel centres, edge clamp) is OpenCV's INTER_LINEAR up to float rounding."""
+    import torch
+    from torch.nn import functional as F
+
+    resized = [F.interpolate(p.float(), size=(height, width), mode="bilinear", align_corners=False) for p in projections]
+    mean = torch.cat(resized, dim=1).mean(dim=1)
+    return torch.sigmoid(mean.double()).cpu().numpy()
+
+
 class HED(_HEDv10):
     name = "hed"
     description = "HED soft edges (v1.0, original BSDS500 weights; GPL weights)"
@@ -154,7 +166,10 @@ class _HEDv11(SoftEdgeNetwork):
         (bilinear, float32), averaged, then a float64 sigmoid, like the reference."""
         check_min_side(batch, _HED_MIN_SIDE, "ControlNetHED")
         height, width = batch[0].shape[:2]
-        projections = [p[:, 0].float().cpu().numpy() for p in model(self.to_tensor(batch))]
+        projections = model(self.to_tensor(batch))
+        if self.torch_device.type != "cpu":
+            return list(_fused_probabilities_on_device(projections, height, width))
+        projections = [p[:, 0].float().cpu().numpy() for p in projections]
         maps = []
         for index in range(len(batch)):
             resized = [cv2.resize(p[index], (width, height), interpolation=cv2.INTER_LINEAR) for p in projections]

@@ -10,7 +10,12 @@ temporary folder. Compared in one run, on the same photos:
 * ``cn-annotate canny`` with 1 worker and with N workers (default: all cores), each in a fresh
   subprocess; the time is that of the command itself (listing, decoding, annotating, writing the
   Parquet shards and the card), after Python has started and imported its modules;
-* a bare loop: ``cv2.imread``, ``resize_image``, ``cv2.Canny``, ``cv2.imencode`` to PNG;
+* a bare loop: ``cv2.imread``, ``resize_image``, ``cv2.Canny``, ``cv2.imencode`` to PNG; the
+  ratios are against it;
+* the same loop also JPEG-encoding each resized photo (quality 95), which the builder must do to
+  store it: what one worker could reach if the rest of the builder (reading, captions, Parquet,
+  card) cost nothing; and N copies of it in parallel processes, each on its share of the photos, the
+  same bound for N workers;
 * a one-image-at-a-time loop in the style of controlnet_aux: PIL, numpy, HWC3, resize, Canny,
   HWC3, PIL, PNG;
 * ``cn-annotate mediapipe_pose`` with N workers against MediaPipe pose run one image at a time in
@@ -99,15 +104,38 @@ def make_photos(folder: Path, count: int, seed: int = 0, ready: bool = False) ->
     return paths
 
 
-def bare_loop(paths: list[Path]) -> float:
+def bare_loop(paths: list[Path], store_resized: bool = False) -> float:
+    """``store_resized``: also JPEG-encode each resized photo (quality 95), as the builder must to
+    store it: the bound on what the builder can reach with one worker."""
     start = time.perf_counter()
     for path in paths:
         image = cv2.imread(str(path))
-        image = resize_image(image, RESOLUTION)
-        edges = cv2.Canny(image, 100, 200)
+        resized = resize_image(image, RESOLUTION)
+        edges = cv2.Canny(resized, 100, 200)
         ok, _ = cv2.imencode(".png", edges)
         assert ok
+        if store_resized and resized.shape != image.shape:
+            ok, _ = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            assert ok
     return time.perf_counter() - start
+
+
+def _stored_loop_on_one_core(paths: list[Path]) -> float:
+    cv2.setNumThreads(1)
+    return bare_loop(paths, store_resized=True)
+
+
+def parallel_stored_loops(paths: list[Path], processes: int) -> float:
+    """``processes`` copies of the storing loop at once, each on its share of the photos: the bound for
+    that many workers, set by the cores, caches and memory bandwidth they share."""
+    import multiprocessing
+
+    shares = [paths[i::processes] for i in range(processes)]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(_stored_loop_on_one_core, [paths[:processes]] * processes)  # start the processes outside the timing
+        start = time.perf_counter()
+        pool.map(_stored_loop_on_one_core, shares, chunksize=1)
+        return time.perf_counter() - start
 
 
 def aux_style_loop(paths: list[Path]) -> float:
@@ -140,7 +168,7 @@ def pose_loop(paths: list[Path]) -> float:
 def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny") -> dict[str, float]:
     shutil.rmtree(output, ignore_errors=True)
     args = [annotator, str(folder), "-o", str(output), "--workers", str(workers)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if done.returncode != 0 or line is None:
@@ -171,14 +199,18 @@ def main() -> None:
             make_photos(photos, args.images, ready=args.ready)
         paths = sorted(photos.glob("*.jpg"))
         rows: list[tuple[str, int, float, dict[str, float] | None]] = []
-        bare = float("inf")
+        bare = stored = parallel = float("inf")
         one: dict[str, float] = {"seconds": float("inf")}
         many: dict[str, float] = {"seconds": float("inf")}
         for _ in range(args.repeat):  # interleaved, so that a busy spell on a shared machine hits all alike
             bare = min(bare, bare_loop(paths))
+            stored = min(stored, bare_loop(paths, store_resized=True))
+            parallel = min(parallel, parallel_stored_loops(paths, args.workers))
             one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=lambda run: run["seconds"])
             many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=lambda run: run["seconds"])
         rows.append(("bare loop (cv2)", len(paths), bare, None))
+        rows.append(("bare loop + JPEG of resized photo", len(paths), stored, None))
+        rows.append((f"{args.workers} of those in parallel", len(paths), parallel, None))
         rows.append(("controlnet_aux style loop", len(paths), aux_style_loop(paths), None))
         rows.append(("cn-annotate canny, 1 worker", len(paths), one["seconds"], one))
         rows.append((f"cn-annotate canny, {args.workers} workers", len(paths), many["seconds"], many))

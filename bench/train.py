@@ -3,6 +3,8 @@
     OMP_NUM_THREADS=1 python bench/train.py                 # CPU, tiny SD model built on the spot, 32 px
     python bench/train.py --base-model runwayml/stable-diffusion-v1-5 --resolution 512 --batch 4
                                                             # GPU: a real base model (cached locally)
+    python bench/train.py --tiny-channels 128 --resolution 256 --batch 8 --mixed-precision bf16
+                                                            # GPU, offline: the tiny model widened
 
 Each variant runs in its own process (so peak memory is its own), ``--repeats`` times, alternating;
 the median steps/s counts. The bare loop is the core of diffusers' ``train_controlnet.py``: a
@@ -196,7 +198,7 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
         "--resolution", str(args.resolution), "--batch", str(args.batch), "--steps", str(args.steps),
         "--mixed-precision", args.mixed_precision, "--workers", str(args.workers),
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -207,6 +209,8 @@ def measure(variant: str, args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-model", help="diffusers SD folder or Hub id (default: a tiny model built here)")
+    parser.add_argument("--tiny-channels", type=int, default=32,
+                        help="width of the tiny model's UNet and VAE (a multiple of 32); wider gives a GPU real work per step")
     parser.add_argument("--dataset", help="cn-annotate dataset folder (default: photographs + Canny built here)")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
@@ -224,7 +228,7 @@ def main() -> None:
         if args.base_model is None:
             from controlnet.testing import build_tiny_pipeline
 
-            args.base_model = str(build_tiny_pipeline(Path(scratch) / "tiny-sd"))
+            args.base_model = str(build_tiny_pipeline(Path(scratch) / "tiny-sd", channels=args.tiny_channels))
         if args.dataset is None:
             args.dataset = str(make_dataset(Path(scratch) / "dataset", args.rows, args.resolution))
         runs: dict[str, list[dict[str, float]]] = {"bare": [], "ours": []}

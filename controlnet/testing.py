@@ -49,8 +49,10 @@ def write_tokenizer(folder: Path) -> int:
     return len(tokens)
 
 
-def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: int = 32) -> Path:
-    """Save a tiny, randomly initialised SD 1.x-style pipeline as a diffusers folder."""
+def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: int = 32, channels: int = 32) -> Path:
+    """Save a tiny, randomly initialised SD 1.x-style pipeline as a diffusers folder. ``channels`` (a
+    multiple of 32, the group-norm size) widens the UNet and VAE, whose two levels have ``channels``
+    and twice as many: benchmarks on a GPU use it to give each step real work."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -65,7 +67,7 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=16,
-        block_out_channels=(32, 64),
+        block_out_channels=(channels, 2 * channels),
         layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -76,7 +78,7 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: 
         out_channels=4,
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64),
+        block_out_channels=(channels, 2 * channels),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),

@@ -157,3 +157,17 @@ def test_scribble_parameters_are_validated() -> None:
         annotators.create("fake_scribble", stroke_threshold=255)
     with pytest.raises(ValueError, match="safe_steps"):
         annotators.create("softedge_hedsafe", safe_steps=0)
+
+
+def test_hed_v11_fusion_on_an_accelerator_matches_the_opencv_path(v11_checkpoint: Path) -> None:
+    """The torch resize-mean-sigmoid that runs on GPUs, run here on CPU tensors, against OpenCV's."""
+    from annotators.hed import _fused_probabilities_on_device
+
+    annotator = annotators.create("softedge_hed", weights=str(v11_checkpoint))
+    image = np.ascontiguousarray(V11.input_rgb[:200, :300])  # side outputs of odd sizes: 200/16 is not whole
+    with torch.inference_mode():
+        expected = annotator._probabilities(annotator.model, [image])[0]
+        fused = _fused_probabilities_on_device(annotator.model(annotator.to_tensor([image])), 200, 300)[0]
+    assert fused.shape == expected.shape == (200, 300)
+    assert 0.05 < expected.std()  # not a flat map
+    np.testing.assert_allclose(fused, expected, atol=1e-4)  # 0.03 grey levels: OpenCV rounds its bilinear weights
