@@ -158,6 +158,11 @@ def checkpoint_cases() -> dict[str, str]:
     return files
 
 
+# Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
+# their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast.
+FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
+
+
 class SeededWeights:
     """A folder of seeded checkpoints under their published names, written on demand."""
 
@@ -173,3 +178,13 @@ class SeededWeights:
                     raise KeyError(f"no parity case provides seeded weights for {filename}")
                 write_published_checkpoint(case(self._cases[filename]), target)
         return self.folder
+
+    def create(self, name: str, **params: Any) -> Any:
+        """The registered annotator ``name`` with ``params``, on these weights where it needs them,
+        at the test-speed parameters of :data:`FAST_PARAMS` unless ``params`` say otherwise."""
+        import annotators
+
+        cls = annotators.get_class(name)
+        if cls.needs_weights:
+            params.setdefault("weights", str(self.ensure(cls.checkpoints)))  # type: ignore[attr-defined]
+        return cls(**{**FAST_PARAMS.get(name, {}), **params})

@@ -13,18 +13,6 @@ from annotators.base import AnnotatorConfig
 
 NAMES = annotators.names()
 
-# Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
-# their hands costs seconds per scale on one CPU thread; one hand scale keeps the contract tests fast.
-FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
-
-
-def _create(name: str, seeded_weights, **params) -> annotators.Annotator:
-    cls = annotators.get_class(name)
-    if cls.needs_weights:
-        params.setdefault("weights", str(seeded_weights.ensure(cls.checkpoints)))  # type: ignore[attr-defined]
-    return cls(**{**FAST_PARAMS.get(name, {}), **params})
-
-
 @pytest.fixture(scope="module")
 def small_images() -> list[np.ndarray]:
     """Crops of real photographs, non-square and of two sizes."""
@@ -59,13 +47,13 @@ def runs(small_images, seeded_weights):
     def run(name: str) -> dict[str, object]:
         if name not in cache:
             copies = [image.copy() for image in small_images]
-            annotator = _create(name, seeded_weights)
+            annotator = seeded_weights.create(name)
             batched = annotator(small_images)
             cache[name] = {
                 "annotator": annotator,
                 "batched": batched,
                 "single_channel": [a.map for a in annotator.annotate(small_images, single_channel=True)],
-                "reversed": _create(name, seeded_weights)(list(reversed(small_images)))[::-1],
+                "reversed": seeded_weights.create(name)(list(reversed(small_images)))[::-1],
                 "singles": [annotator([image])[0] for image in small_images],
                 "inputs_untouched": all(np.array_equal(a, b) for a, b in zip(small_images, copies)),
             }

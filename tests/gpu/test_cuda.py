@@ -25,9 +25,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 DEVICE = "cuda"
 NEURAL = [name for name in annotators.names() if issubclass(annotators.get_class(name), NeuralAnnotator)]
-# As in the registry tests: seeded OpenPose weights find a dozen people, and the CPU reference pays
-# seconds per hand and scale.
-FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
 
 # With TF32 off, CUDA float32 differs from the CPU only in summation order, as two CPUs do: the same
 # share of identical pixels as the parity tests ask of CPU maps against the reference. M-LSD draws whole
@@ -81,13 +78,6 @@ def images(photos: list[np.ndarray]) -> list[np.ndarray]:
     return [np.ascontiguousarray(c) for c in (*crops, chelsea[100:231, 200:397], camera[40:232, 100:244])]
 
 
-def create(name: str, seeded_weights, **params: object) -> NeuralAnnotator:
-    cls = annotators.get_class(name)
-    if cls.needs_weights:
-        params.setdefault("weights", str(seeded_weights.ensure(cls.checkpoints)))  # type: ignore[attr-defined]
-    return cls(**{**FAST_PARAMS.get(name, {}), **params})  # type: ignore[return-value]
-
-
 @pytest.fixture(scope="module")
 def runs(images: list[np.ndarray], seeded_weights):
     """Per annotator, computed once: maps on the CPU in float32, and on CUDA batched by 4 in each
@@ -96,14 +86,14 @@ def runs(images: list[np.ndarray], seeded_weights):
 
     def run(name: str) -> dict[str, list[np.ndarray]]:
         if name not in cache:
-            maps = {"cpu": create(name, seeded_weights)(images)}
-            annotator = create(name, seeded_weights, device=DEVICE, batch_size=4)
+            maps = {"cpu": seeded_weights.create(name)(images)}
+            annotator = seeded_weights.create(name, device=DEVICE, batch_size=4)
             with tf32(False):
                 maps["float32"] = annotator(images)
                 maps["float32 one by one"] = [annotator([image])[0] for image in images]
             for precision, (dtype, allow_tf32, _) in REDUCED.items():
                 if dtype != "float32":
-                    annotator = create(name, seeded_weights, device=DEVICE, dtype=dtype, batch_size=4)
+                    annotator = seeded_weights.create(name, device=DEVICE, dtype=dtype, batch_size=4)
                 with tf32(allow_tf32):
                     maps[precision] = annotator(images)
             cache[name] = maps
@@ -171,7 +161,7 @@ def test_builder_with_central_gpu_annotators_matches_cpu_build(tmp_path: Path, s
     names = ("softedge_hed", "normal_bae", "openpose")  # grey, colour, and a keypoint-finding annotator
 
     def dataset(device: str, workers: int) -> dict[str, dict[str, object]]:
-        specs = tuple((name, create(name, seeded_weights, device=device, batch_size=4).config) for name in names)
+        specs = tuple((name, seeded_weights.create(name, device=device, batch_size=4).config) for name in names)
         config = BuildConfig(input=str(photos), output=tmp_path / device, annotators=specs, keep_size=True, workers=workers)
         assert config.is_central == (device != "cpu")
         with tf32(False):
