@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 
-from annotators.image import hwc3
+from annotators.image import hwc3, single_channel as to_single_channel
 
 __all__ = ["Annotation", "Annotator", "AnnotatorConfig", "image_seed", "param"]
 
@@ -134,10 +133,6 @@ def check_image(image: Any, index: int) -> np.ndarray:
     return image
 
 
-def _single_channel(map: np.ndarray) -> np.ndarray:
-    return map if map.ndim == 2 else cv2.extractChannel(map, 0)
-
-
 class Annotator:
     """Base class: holds a validated config; ``__call__`` maps a batch of RGB images to condition maps.
 
@@ -194,7 +189,7 @@ class Annotator:
         annotations = self._annotate(batch)
         if not self.grayscale:
             return annotations
-        shape = _single_channel if single_channel else hwc3
+        shape = to_single_channel if single_channel else hwc3
         return [dataclasses.replace(a, map=shape(a.map)) for a in annotations]
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:

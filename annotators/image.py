@@ -30,6 +30,7 @@ __all__ = [
     "resize_image",
     "resized_size",
     "resize_short_side",
+    "single_channel",
     "to_output",
 ]
 
@@ -237,6 +238,11 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     return decode_image(path, max_pixels=max_pixels)
 
 
+def single_channel(image: np.ndarray) -> np.ndarray:
+    """An HxW map as it is; channel 0 of an HxWxC one."""
+    return image if image.ndim == 2 else cv2.extractChannel(image, 0)  # contiguous, faster than a numpy slice copy
+
+
 def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int | None = None) -> bytes:
     """Lossless PNG bytes for an RGB (or gray) uint8 map; ``grayscale`` stores only channel 0.
 
@@ -244,8 +250,8 @@ def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int |
     encode 3-4x faster than an explicit level 1, which switches zlib to its default strategy.
     PNG is lossless at every level.
     """
-    if grayscale and image.ndim == 3:
-        image = cv2.extractChannel(image, 0)  # contiguous, faster than copying a numpy slice
+    if grayscale:
+        image = single_channel(image)
     elif image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     params = [] if compression is None else [cv2.IMWRITE_PNG_COMPRESSION, compression]
