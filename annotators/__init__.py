@@ -7,7 +7,8 @@
 Built-in annotators are named here by ``module:attribute`` so that listing them imports only their
 small modules (heavy dependencies such as torch load inside ``load``/first call). Third-party
 annotators register through the ``cn_annotate.annotators`` entry-point group, whose names are the
-annotator ids and whose values point at :class:`annotators.base.Annotator` subclasses.
+annotator ids and whose values point at :class:`annotators.base.Annotator` subclasses, or in code
+with :func:`register` (process-local; the builder's forked workers inherit it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ __all__ = [
     "get_class",
     "names",
     "param",
+    "register",
+    "unregister",
 ]
 
 ENTRY_POINT_GROUP = "cn_annotate.annotators"
@@ -73,6 +76,10 @@ _BUILTIN: dict[str, str] = {
 }
 
 
+#: registered in code with :func:`register`: id -> class or "module:attribute"
+_REGISTERED: dict[str, type[Annotator] | str] = {}
+
+
 class UnknownAnnotatorError(KeyError):
     """Raised by :func:`create` for an id that is neither built in nor installed as a plug-in."""
 
@@ -91,8 +98,10 @@ class UnknownAnnotatorError(KeyError):
 class AnnotatorInfo:
     name: str
     description: str
-    needs_weights: bool
-    source: str  # "builtin" or the distribution providing the plug-in
+    needs_weights: bool  # weights the user must provide or download (bundled ones do not count)
+    weights_license: str | None
+    data_kind: str | None
+    source: str  # "builtin", "registered", or the distribution providing the plug-in
 
 
 @cache
@@ -100,20 +109,41 @@ def _plugins() -> dict[str, tuple[str, str]]:
     """id -> (module:attr, distribution) for installed plug-ins; built-in ids cannot be shadowed."""
     found = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _BUILTIN:
+        if ep.name not in _BUILTIN and ep.name not in _REGISTERED:
             found[ep.name] = (ep.value, ep.dist.name if ep.dist else "unknown")
     return found
 
 
+def register(name: str, annotator: type[Annotator] | str) -> None:
+    """Make ``annotator`` (a class, or ``"module:attribute"`` imported on first use) available as
+    ``name`` to :func:`create`, the builder and the CLI. Built-in ids cannot be replaced."""
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in annotator and cannot be replaced")
+    if isinstance(annotator, type) and not issubclass(annotator, Annotator):
+        raise TypeError(f"{annotator.__name__} is not an Annotator subclass")
+    _REGISTERED[name] = annotator
+
+
+def unregister(name: str) -> None:
+    """Remove an annotator added with :func:`register`."""
+    if _REGISTERED.pop(name, None) is None:
+        raise UnknownAnnotatorError(name)
+
+
 def names() -> list[str]:
-    """Every annotator id, built-in ones first."""
-    return list(_BUILTIN) + sorted(_plugins())
+    """Every annotator id, built-in ones first, then registered ones and plug-ins."""
+    return list(_BUILTIN) + sorted({*_REGISTERED, *_plugins()})
 
 
 def get_class(name: str) -> type[Annotator]:
     """The annotator class registered under ``name``, importing its module on first use."""
     if name in _BUILTIN:
         target = _BUILTIN[name]
+    elif name in _REGISTERED:
+        registered = _REGISTERED[name]
+        if isinstance(registered, type):
+            return registered
+        target = registered
     elif name in _plugins():
         target = _plugins()[name][0]
     else:
@@ -131,10 +161,20 @@ def create(name: str, **params: Any) -> Annotator:
 
 
 def available() -> list[AnnotatorInfo]:
-    """Every annotator with its one-line description and whether it needs weights."""
+    """Every annotator with its description, weights, licence and kind of data."""
     infos = []
     for name in names():
         cls = get_class(name)
-        source = "builtin" if name in _BUILTIN else _plugins()[name][1]
-        infos.append(AnnotatorInfo(name, cls.description, cls.needs_weights, source))
+        source = "builtin" if name in _BUILTIN else "registered" if name in _REGISTERED else _plugins()[name][1]
+        weights = cls.weights
+        infos.append(
+            AnnotatorInfo(
+                name=name,
+                description=cls.description,
+                needs_weights=weights is not None and weights.downloadable,
+                weights_license=weights.license if weights is not None else None,
+                data_kind=cls.data_kind.name if cls.data_kind is not None else None,
+                source=source,
+            )
+        )
     return infos

@@ -1,8 +1,12 @@
 """The annotator contract: config dataclasses with validated parameters, and the batched base class.
 
-An annotator is a thin object holding a frozen config (and, for neural ones, weights). Subclasses
-implement ``_maps`` (or ``_annotate`` when they also find structured data such as keypoints); the
-base class validates the batch once and keeps the public surface identical for every annotator.
+An annotator is a thin object holding a frozen config. Its class declares what the rest of the
+system needs to know: ``weights`` (where they come from, their format, licence and key remap; see
+:mod:`annotators.weights`), ``data_kind`` (the structured data it finds, if any; see
+:mod:`annotators.data`), and a lifecycle (``load``, ``close``, ``weights_present``, ``device``,
+``preferred_batch_size``) whose defaults suit an annotator with no backend. Subclasses implement
+``_maps`` (or ``_annotate`` when they also find structured data); the base class validates the
+batch once and keeps the public surface identical for every annotator.
 Grayscale annotators compute single-channel (HxW) maps; the base class widens them to HxWx3 unless
 the caller asks for them as they are (the dataset builder stores them as one-channel PNGs).
 """
@@ -13,13 +17,19 @@ import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from annotators.image import hwc3, single_channel as to_single_channel
 
-__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "image_seed", "param"]
+if TYPE_CHECKING:
+    from typing import Self
+
+    from annotators.data import DataKind
+    from annotators.weights import Weights
+
+__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
 
 
 def param(
@@ -65,6 +75,18 @@ def _in_range(value: Any, meta: dict[str, Any]) -> bool:
     return all(meta[bound] is None or compare(meta[bound]) is True for bound, compare in checks)
 
 
+def described_fields(config_cls: type) -> list[tuple[dataclasses.Field, str]]:
+    """The fields of any dataclass declared with :func:`param`, each with its help and range in words:
+    the one source from which command lines and docs are generated."""
+    rows = []
+    for field in dataclasses.fields(config_cls):
+        meta = field.metadata
+        if "help" in meta:
+            has_range = meta["choices"] is not None or any(meta[b] is not None for b in ("ge", "le", "gt", "lt"))
+            rows.append((field, meta["help"] + (f" ({_describe_range(meta)})" if has_range else "")))
+    return rows
+
+
 @dataclass(frozen=True)
 class AnnotatorConfig:
     """Base of every annotator config: fields declared with :func:`param` are validated once, here."""
@@ -92,14 +114,7 @@ class AnnotatorConfig:
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
         """``(name, default, help with range)`` for each parameter, for CLIs and docs."""
-        rows = []
-        for field in dataclasses.fields(cls):
-            if "help" in field.metadata:
-                meta = field.metadata
-                has_range = meta["choices"] is not None or any(meta[b] is not None for b in ("ge", "le", "gt", "lt"))
-                help_text = meta["help"] + (f" ({_describe_range(meta)})" if has_range else "")
-                rows.append((field.name, field.default, help_text))
-        return rows
+        return [(field.name, field.default, help_text) for field, help_text in described_fields(cls)]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,18 +155,19 @@ class Annotator:
         name: the registry id.
         description: one line for listings.
         Config: the frozen config dataclass; its defaults reproduce the reference.
-        needs_weights: whether the annotator loads a checkpoint.
+        weights: the declared weights (:class:`annotators.weights.Weights`), or None.
+        data_kind: the kind of structured data ``annotate`` returns besides the map
+            (:class:`annotators.data.DataKind`, e.g. OpenPose keypoints), or None.
         grayscale: the map is single-channel: the core returns it HxW (HxWx3 with equal channels
             is accepted too) and ``annotate`` widens it to HxWx3 unless ``single_channel``.
-        finds_data: ``annotate`` returns structured data (e.g. OpenPose keypoints) besides the map.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type[AnnotatorConfig]]
-    needs_weights: ClassVar[bool] = False
+    weights: ClassVar[Weights | None] = None
+    data_kind: ClassVar[DataKind | None] = None
     grayscale: ClassVar[bool] = False
-    finds_data: ClassVar[bool] = False
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         if config is not None and params:
@@ -170,6 +186,43 @@ class Annotator:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+    # The lifecycle. Creating an annotator never touches the disk or the network; ``load`` does
+    # (or the first call), and raises with a one-line message when the backend cannot load.
+
+    @property
+    def device(self) -> str:
+        """Where the annotator computes: ``cpu``, or an accelerator such as ``cuda:0``."""
+        return "cpu"
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Images per call that the annotator processes together; 1 when nothing gains from a batch."""
+        return 1
+
+    @property
+    def weights_location(self) -> str | None:
+        """An explicit file or folder to look for the weights in first (``--weights``), if any."""
+        return None
+
+    @classmethod
+    def weights_present(cls, weights: str | None = None) -> bool:
+        """Whether the declared weights can be found without touching the network."""
+        return cls.weights is None or cls.weights.present(weights)
+
+    def weights_identity(self) -> list[dict[str, Any]] | None:
+        """Names and sizes of the weights this instance loads (None: it has none). Finds them, so it
+        raises like ``load`` when they are missing."""
+        if self.weights is None:
+            return None
+        return self.weights.identity(self.weights.locate(self.weights_location))
+
+    def load(self) -> Self:
+        """Load the backend (weights, model, graph) now instead of on the first call."""
+        return self
+
+    def close(self) -> None:
+        """Release what ``load`` acquired; the next call loads again."""
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Condition maps (HxWx3 uint8) for a batch of HxWx3 uint8 RGB images."""

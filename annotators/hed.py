@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -27,7 +28,7 @@ import numpy as np
 from annotators.base import param
 from annotators.neural import NeuralAnnotator, NeuralConfig
 from annotators.ops import safe_step, scribble_from_soft_edges
-from annotators.weights import load_strict
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -112,13 +113,15 @@ class SoftEdgeNetwork(NeuralAnnotator):
 class _HEDv10(SoftEdgeNetwork):
     """The v1.0 HED network (BGR input in [0, 1], sigmoid of the fused side outputs)."""
 
-    checkpoints: ClassVar[tuple[str, ...]] = ("network-bsds500.pth",)
-    weights_license: ClassVar[str] = "GPL (sniklaus/pytorch-hed port of the BSDS500 HED weights)"
+    weights = Weights(
+        license="GPL (sniklaus/pytorch-hed port of the BSDS500 HED weights)",
+        files=(WeightFile("network-bsds500.pth", "annotators.nets.hed:hed_network_state_dict"),),
+    )
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
-        from annotators.nets.hed import HEDNetwork, hed_network_state_dict
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        from annotators.nets.hed import HEDNetwork
 
-        return load_strict(HEDNetwork(), checkpoints[0], hed_network_state_dict, source=sources[0])
+        return self.weights.load_into(HEDNetwork(), paths[0])
 
     def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
         """(N, H, W) float32 edge probabilities."""
@@ -153,13 +156,15 @@ class FakeScribble(_HEDv10):
 class _HEDv11(SoftEdgeNetwork):
     """The v1.1 ControlNetHED network (raw RGB input minus a learned offset)."""
 
-    checkpoints: ClassVar[tuple[str, ...]] = ("ControlNetHED.pth",)
-    weights_license: ClassVar[str] = "Apache-2.0 (lllyasviel's ControlNetHED_Apache2)"
+    weights = Weights(
+        license="Apache-2.0 (lllyasviel's ControlNetHED_Apache2)",
+        files=(WeightFile("ControlNetHED.pth", "annotators.nets.hed:controlnet_hed_state_dict"),),
+    )
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
-        from annotators.nets.hed import ControlNetHED, controlnet_hed_state_dict
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        from annotators.nets.hed import ControlNetHED
 
-        return load_strict(ControlNetHED(), checkpoints[0], controlnet_hed_state_dict, source=sources[0])
+        return self.weights.load_into(ControlNetHED(), paths[0])
 
     def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[np.ndarray]:
         """Per image, the HxW float64 edge probability: the five side outputs resized with OpenCV

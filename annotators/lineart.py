@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
 
 from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -70,21 +72,23 @@ def remap_anime_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     return {key.replace("module.", ""): value for key, value in checkpoint.items()}
 
 
+def _sketch_weights(filename: str) -> Weights:
+    return Weights(license="MIT (ControlNet v1.1 / informative-drawings)", files=(WeightFile(filename, remap_sketch_checkpoint),))
+
+
 class _SketchLineart(NeuralAnnotator):
     """The informative-drawings generator with one of the two published checkpoints."""
 
     Config = LineartConfig
     grayscale = True
-    weights_license = "MIT (ControlNet v1.1 / informative-drawings)"
     #: the generator halves twice, then doubles twice
     MULTIPLE: ClassVar[int] = 4
     MIN_SIDE: ClassVar[int] = 8
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.lineart import LineartGenerator
-        from annotators.weights import load_strict
 
-        return load_strict(LineartGenerator(3, 1, 3), checkpoints[0], remap_sketch_checkpoint, source=sources[0])
+        return self.weights.load_into(LineartGenerator(3, 1, 3), paths[0])
 
     def network_input(self, batch: list[np.ndarray]) -> torch.Tensor:
         """Same-shape RGB images to ``(N, 3, H', W')`` in [0, 1], padded to a size the net can run."""
@@ -99,13 +103,13 @@ class _SketchLineart(NeuralAnnotator):
 class LineartRealistic(_SketchLineart):
     name = "lineart_realistic"
     description = "Learned line art of photos (informative-drawings, sk_model), white on black"
-    checkpoints = ("sk_model.pth",)
+    weights = _sketch_weights("sk_model.pth")
 
 
 class LineartCoarse(_SketchLineart):
     name = "lineart_coarse"
     description = "Coarse learned line art (informative-drawings, sk_model2), white on black"
-    checkpoints = ("sk_model2.pth",)
+    weights = _sketch_weights("sk_model2.pth")
 
 
 class LineartAnime(NeuralAnnotator):
@@ -113,14 +117,12 @@ class LineartAnime(NeuralAnnotator):
     description = "Anime-style learned line art (pix2pix U-Net, netG), white on black"
     Config = LineartConfig
     grayscale = True
-    checkpoints = ("netG.pth",)
-    weights_license = "unspecified (published with ControlNet v1.1)"
+    weights = Weights(license="unspecified (published with ControlNet v1.1)", files=(WeightFile("netG.pth", remap_anime_checkpoint),))
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.unet_generator import UnetGenerator
-        from annotators.weights import load_strict
 
-        return load_strict(UnetGenerator(3, 1, 8, 64), checkpoints[0], remap_anime_checkpoint, source=sources[0])
+        return self.weights.load_into(UnetGenerator(3, 1, 8, 64), paths[0])
 
     def network_input(self, batch: list[np.ndarray]) -> torch.Tensor:
         """Same-shape RGB images, cubic-resized to multiples of 256, as ``(N, 3, H', W')`` in [-1, 1]."""

@@ -26,13 +26,18 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from annotators.base import Annotation, Annotator, AnnotatorConfig, param
+from annotators.data import POSE
 from annotators.render import BODY_POINTS, Person, PoseResult
+from annotators.weights import Weights
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = [
     "MediaPipeFace",
@@ -160,7 +165,8 @@ class _MediaPipeAnnotator(Annotator):
     """Runs one lazily built MediaPipe solution graph per process over the images, one at a time
     (MediaPipe has no batched API), in static-image mode so that images never influence each other."""
 
-    finds_data = True
+    weights = Weights(license="Apache-2.0 (Google MediaPipe, models bundled in the mediapipe wheel)", format="bundled", package="mediapipe")
+    data_kind = POSE
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
@@ -186,6 +192,12 @@ class _MediaPipeAnnotator(Annotator):
             self._graph = self._build_graph()
             self._graph_pid = os.getpid()
         return self._graph
+
+    def load(self) -> Self:
+        """Build this process's MediaPipe graph now (otherwise done on the first call)."""
+        with self._lock:
+            self._graph_for_this_process()
+        return self
 
     def close(self) -> None:
         """Release the MediaPipe graph now (it is rebuilt on the next call)."""
@@ -369,7 +381,7 @@ class PersonMask(_MediaPipeAnnotator):
     Config = PersonMaskConfig
     config: PersonMaskConfig
     grayscale = True
-    finds_data = False
+    data_kind = None
 
     def _build_graph(self) -> Any:
         return _import_solutions().selfie_segmentation.SelfieSegmentation(model_selection=self.config.model_selection)

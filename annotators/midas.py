@@ -26,13 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from annotators.base import param
 from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -66,19 +68,13 @@ def normal_image(depth: np.ndarray, normalised: np.ndarray, a: float, bg_th: flo
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)
 
 
-def build_dpt_hybrid(checkpoint: dict[str, Any], source: str) -> torch.nn.Module:
-    from annotators.nets.dpt_hybrid import DPTHybrid, remap_midas_checkpoint
-    from annotators.weights import load_strict
-
-    return load_strict(DPTHybrid(), checkpoint, remap_midas_checkpoint, source=source)
-
-
 class _MidasBase(NeuralAnnotator):
-    checkpoints = (CHECKPOINT,)
-    weights_license = "MIT (isl-org/MiDaS)"
+    weights = Weights(license="MIT (isl-org/MiDaS)", files=(WeightFile(CHECKPOINT, "annotators.nets.dpt_hybrid:remap_midas_checkpoint"),))
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
-        return build_dpt_hybrid(checkpoints[0], sources[0])
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        from annotators.nets.dpt_hybrid import DPTHybrid
+
+        return self.weights.load_into(DPTHybrid(), paths[0])
 
     def predict_depth(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
         """Raw relative inverse depth (N, H, W) float32 for a same-shape batch."""

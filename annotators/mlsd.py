@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -27,6 +28,7 @@ import numpy as np
 
 from annotators.base import param
 from annotators.neural import NeuralAnnotator, NeuralConfig
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -119,16 +121,14 @@ class MLSD(NeuralAnnotator):
     description = "M-LSD straight line segments, white on black"
     Config = MLSDConfig
     grayscale = True
-    checkpoints = ("mlsd_large_512_fp32.pth",)
-    weights_license = "Apache-2.0 (NAVER M-LSD)"
+    weights = Weights(license="Apache-2.0 (NAVER M-LSD)", files=(WeightFile("mlsd_large_512_fp32.pth", remap_mlsd_checkpoint),))
 
     config: MLSDConfig
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.mlsd import MLSDLarge
-        from annotators.weights import load_strict
 
-        return load_strict(MLSDLarge(), checkpoints[0], remap_mlsd_checkpoint, source=sources[0])
+        return self.weights.load_into(MLSDLarge(), paths[0])
 
     def network_input(self, batch: list[np.ndarray]) -> torch.Tensor:
         """Same-shape RGB images to the network's ``(N, 4, H16, W16)`` input in [-1, 1]."""

@@ -1,7 +1,7 @@
-"""Shared machinery of the neural annotators: runtime config, lazy weight loading, batching by shape.
+"""Shared machinery of the torch annotators: runtime config, lazy weight loading, batching by shape.
 
-A neural annotator declares the checkpoint files it needs (names in ``lllyasviel/Annotators``),
-builds its network in ``_build`` from the loaded checkpoints, and runs batches in ``_forward``.
+A neural annotator declares its ``weights`` (:class:`annotators.weights.Weights`), builds its
+network in ``_build`` from the paths the lookup found, and runs batches in ``_forward``.
 Weights load on first call (or an explicit ``load()``), never in the constructor, so creating an
 annotator never touches the disk or the network.
 """
@@ -13,14 +13,16 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from annotators.base import Annotation, Annotator, AnnotatorConfig, param
-from annotators.weights import find_checkpoint, is_checkpoint_present, load_checkpoint
+from annotators.weights import Weights
 
 if TYPE_CHECKING:
+    from typing import Self
+
     import torch
 
 __all__ = ["NeuralAnnotator", "NeuralConfig", "batches_by_shape", "pad_to_multiple"]
@@ -73,30 +75,30 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, min_side: int = 1) -> torch.
 
 
 class NeuralAnnotator(Annotator):
-    """Base of annotators that run a network. Subclasses set ``checkpoints`` and implement
-    ``_build`` (network from checkpoints, strict load) and ``_forward`` (a same-shape batch to
-    maps, or to :class:`Annotation` results when ``finds_data``)."""
+    """Base of annotators that run a torch network. Subclasses declare ``weights`` and implement
+    ``_build`` (the network from the located weights, strict load) and ``_forward`` (a same-shape
+    batch to maps, or to :class:`Annotation` results when they have a ``data_kind``)."""
 
     Config: ClassVar[type[NeuralConfig]] = NeuralConfig
-    needs_weights: ClassVar[bool] = True
-    #: file names in the ``lllyasviel/Annotators`` repo, in the order ``_build`` receives them
-    checkpoints: ClassVar[tuple[str, ...]] = ()
-    #: licence of the published weights, shown in listings and dataset cards
-    weights_license: ClassVar[str] = "see the annotator's source header"
+    weights: ClassVar[Weights]
 
     config: NeuralConfig
 
-    def __init__(self, config: NeuralConfig | None = None, **params: Any) -> None:
-        super().__init__(config, **params)
+    def __init__(self, config: NeuralConfig | None = None, **params: object) -> None:
+        super().__init__(config, **params)  # type: ignore[arg-type]
         self._model: torch.nn.Module | None = None
 
-    @classmethod
-    def weights_present(cls, weights: str | None = None) -> bool:
-        """Whether every checkpoint can be found without the network."""
-        return all(is_checkpoint_present(name, weights) for name in cls.checkpoints)
+    @property
+    def device(self) -> str:
+        return self.config.device
 
-    def checkpoint_paths(self) -> list[Path]:
-        return [find_checkpoint(name, self.config.weights) for name in self.checkpoints]
+    @property
+    def weights_location(self) -> str | None:
+        return self.config.weights
+
+    @property
+    def preferred_batch_size(self) -> int:
+        return self.forward_batch_size
 
     @property
     def torch_device(self) -> torch.device:
@@ -110,13 +112,15 @@ class NeuralAnnotator(Annotator):
 
         return getattr(torch, self.config.dtype)
 
-    def load(self) -> NeuralAnnotator:
-        """Find, read and strictly load the checkpoints now (otherwise done on first call)."""
+    def load(self) -> Self:
+        """Find, read and strictly load the weights now (otherwise done on first call)."""
         if self._model is None:
-            paths = self.checkpoint_paths()
-            model = self._build([load_checkpoint(p) for p in paths], [str(p) for p in paths])
+            model = self._build(self.weights.locate(self.config.weights))
             self._model = model.eval().requires_grad_(False).to(self.torch_device, self.torch_dtype)
         return self
+
+    def close(self) -> None:
+        self._model = None
 
     @property
     def model(self) -> torch.nn.Module:
@@ -134,7 +138,8 @@ class NeuralAnnotator(Annotator):
         """
         return 1 if self.torch_device.type == "cpu" else self.config.batch_size
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        """The network, strictly loaded from the located weights (one path per declared file)."""
         raise NotImplementedError
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:

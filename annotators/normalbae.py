@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from annotators.neural import NeuralAnnotator, NeuralConfig, pad_to_multiple
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -42,14 +44,15 @@ class NormalBae(NeuralAnnotator):
     name = "normal_bae"
     description = "Bae et al. surface normals (ScanNet NNET), v1.1 normalbae ControlNet"
     Config = NormalBaeConfig
-    checkpoints = (CHECKPOINT,)
-    weights_license = "MIT (baegwangbin/surface_normal_uncertainty)"
+    weights = Weights(
+        license="MIT (baegwangbin/surface_normal_uncertainty)",
+        files=(WeightFile(CHECKPOINT, "annotators.nets.normalbae:remap_normalbae_checkpoint"),),
+    )
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
-        from annotators.nets.normalbae import NNET, remap_normalbae_checkpoint
-        from annotators.weights import load_strict
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        from annotators.nets.normalbae import NNET
 
-        return load_strict(NNET(), checkpoints[0], remap_normalbae_checkpoint, source=sources[0])
+        return self.weights.load_into(NNET(), paths[0])
 
     def predict(self, model: torch.nn.Module, batch: list[np.ndarray]) -> torch.Tensor:
         """Full-resolution prediction (N, 4, H, W): unit normal (x, y, z) and kappa."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
@@ -23,7 +24,8 @@ import numpy as np
 from annotators.base import Annotation
 from annotators.neural import NeuralAnnotator, NeuralConfig, param
 from annotators.render import BODY_LIMBS, BODY_POINTS, HAND_POINTS, Person, PoseResult
-from annotators.weights import load_strict
+from annotators.data import POSE
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -296,24 +298,27 @@ class OpenPoseHandConfig(OpenPoseConfig):
     hand_scales: int = param(4, "hand-network scales averaged, the first N of 0.5, 1, 1.5, 2 x 368 px (fewer is faster)", ge=1, le=len(HAND_SCALES))
 
 
+_LICENSE = "CMU OpenPose: non-commercial research use only"
+_BODY = WeightFile("body_pose_model.pth", "annotators.nets.openpose:remap_body_checkpoint")
+
+
 class OpenPose(NeuralAnnotator):
     name = "openpose"
     description = "OpenPose body skeleton (COCO-18, multi-person), ControlNet v1.1 drawing + OpenPose JSON keypoints"
     Config: ClassVar[type[OpenPoseConfig]] = OpenPoseConfig
-    checkpoints = ("body_pose_model.pth",)
-    weights_license = "CMU OpenPose: non-commercial research use only"
-    finds_data = True
+    weights = Weights(license=_LICENSE, files=(_BODY,))
+    data_kind = POSE
 
     config: OpenPoseConfig
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
         from torch import nn
 
-        from annotators.nets.openpose import BodyPoseNet, HandPoseNet, remap_checkpoint
+        from annotators.nets.openpose import BodyPoseNet, HandPoseNet
 
-        nets = nn.ModuleDict({"body": load_strict(BodyPoseNet(), checkpoints[0], lambda c: remap_checkpoint(c, "body"), source=sources[0])})
-        if len(checkpoints) > 1:
-            nets["hand"] = load_strict(HandPoseNet(), checkpoints[1], lambda c: remap_checkpoint(c, "hand"), source=sources[1])
+        nets = nn.ModuleDict({"body": self.weights.load_into(BodyPoseNet(), paths[0])})
+        if len(paths) > 1:
+            nets["hand"] = self.weights.load_into(HandPoseNet(), paths[1], 1)
         return nets
 
     def _run(self, net: torch.nn.Module, inputs: Sequence[np.ndarray]) -> list[Any]:
@@ -357,7 +362,7 @@ class OpenPoseHand(OpenPose):
     name = "openpose_hand"
     description = "OpenPose body skeleton plus hands (21 points each), ControlNet v1.1 drawing + OpenPose JSON keypoints"
     Config: ClassVar[type[OpenPoseHandConfig]] = OpenPoseHandConfig
-    checkpoints = ("body_pose_model.pth", "hand_pose_model.pth")
+    weights = Weights(license=_LICENSE, files=(_BODY, WeightFile("hand_pose_model.pth", "annotators.nets.openpose:remap_hand_checkpoint")))
 
     config: OpenPoseHandConfig
 

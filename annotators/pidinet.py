@@ -12,12 +12,13 @@ Output: white (soft or binary) edges on black, at the input size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from annotators.hed import SafeSoftEdgeConfig, ScribbleConfig, SoftEdgeNetwork, check_min_side
-from annotators.weights import load_strict
+from annotators.weights import WeightFile, Weights
 
 if TYPE_CHECKING:
     import torch
@@ -29,13 +30,15 @@ _MIN_SIDE = 8
 
 
 class _PiDiNet(SoftEdgeNetwork):
-    checkpoints: ClassVar[tuple[str, ...]] = ("table5_pidinet.pth",)
-    weights_license: ClassVar[str] = "MIT text with the authors' research-only note (hellozhuo/pidinet)"
+    weights = Weights(
+        license="MIT text with the authors' research-only note (hellozhuo/pidinet)",
+        files=(WeightFile("table5_pidinet.pth", "annotators.nets.pidinet:pidinet_state_dict"),),
+    )
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> torch.nn.Module:
-        from annotators.nets.pidinet import PiDiNet, pidinet_state_dict
+    def _build(self, paths: list[Path]) -> torch.nn.Module:
+        from annotators.nets.pidinet import PiDiNet
 
-        return load_strict(PiDiNet(), checkpoints[0], pidinet_state_dict, source=sources[0])
+        return self.weights.load_into(PiDiNet(), paths[0])
 
     def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> np.ndarray:
         """(N, H, W) float32 fused edge probabilities."""

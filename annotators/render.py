@@ -29,7 +29,6 @@ __all__ = [
     "HAND_EDGES",
     "Person",
     "PoseResult",
-    "count_body_keypoints",
     "draw_body",
     "draw_faces",
     "draw_hands",
@@ -164,15 +163,6 @@ class PoseResult:
         if face:
             canvas = draw_faces(canvas, [p.face for p in self.people if p.face is not None])
         return canvas
-
-
-def count_body_keypoints(data: dict[str, Any]) -> int:
-    """Body keypoints found in an OpenPose JSON dict (confidence > 0), summed over people."""
-    total = 0
-    for person in data.get("people", []):
-        values = person.get("pose_keypoints_2d") or []
-        total += sum(1 for c in values[2::3] if c > 0)
-    return total
 
 
 def draw_body(canvas: np.ndarray, bodies: Sequence[np.ndarray | None]) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Finding and loading annotator checkpoints.
+"""Declared weights, and finding and loading them.
+
+An annotator declares its weights as data (:class:`Weights`, in the spirit of timm's pretrained
+configs): the Hub repo and file names or a transformers model id, the format, the licence, and a
+pure key-remap function per file. The lifecycle in :mod:`annotators.base` uses that declaration to
+find, identify and load them; no annotator writes its own lookup.
 
 Lookup order for a checkpoint file name (e.g. ``ControlNetHED.pth``):
   1. an explicit file or folder (``--weights`` / ``weights=``);
@@ -8,21 +13,32 @@ Lookup order for a checkpoint file name (e.g. ``ControlNetHED.pth``):
 A folder matches the file itself or, recursively, any file of that name (so an sd-webui or ComfyUI
 models folder works), and a ``.safetensors`` twin of a ``.pth`` file is accepted too.
 
+A transformers model is a folder (``config.json`` beside its weights), looked up the same way: an
+explicit folder, a folder named after the model under ``CN_ANNOTATE_WEIGHTS``, then the Hub cache of
+its model id. ONNX graphs are files, found like checkpoints. Bundled weights ship inside a package.
+
 Checkpoints load with ``torch.load(weights_only=True)`` or safetensors; nothing here runs pickled code.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "HUB_REPO",
+    "WeightFile",
+    "Weights",
+    "WeightsFormat",
+    "find_model_folder",
     "WEIGHTS_ENV",
     "WeightsNotFoundError",
     "find_checkpoint",
@@ -38,13 +54,13 @@ WEIGHTS_ENV = "CN_ANNOTATE_WEIGHTS"
 class WeightsNotFoundError(FileNotFoundError):
     """A checkpoint was not found anywhere it may be; the message says where it looked and what to do."""
 
-    def __init__(self, filename: str, tried: list[str], repo_id: str) -> None:
+    def __init__(self, filename: str, tried: list[str], repo_id: str, *, hint: str | None = None) -> None:
         self.filename = filename
         self.tried = tried
+        fetch = hint or f"fetch it once with `hf download {repo_id} {filename}`"
         super().__init__(
-            f"checkpoint {filename} not found (looked in: {'; '.join(tried)}). "
-            f"Pass --weights FILE_OR_DIR, set {WEIGHTS_ENV} to a folder holding it, "
-            f"or fetch it once with `huggingface-cli download {repo_id} {filename}`."
+            f"weights {filename} not found (looked in: {'; '.join(tried)}). "
+            f"Pass --weights FILE_OR_DIR, set {WEIGHTS_ENV} to a folder holding it, or {fetch}."
         )
 
     def __str__(self) -> str:
@@ -166,3 +182,119 @@ def _describe_mismatch(kind: str, keys: Iterable[str]) -> list[str]:
         return []
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return [f"{len(keys)} {kind} key(s): {shown}"]
+
+
+WeightsFormat = Literal["state_dict", "safetensors", "transformers", "onnx", "bundled"]
+Remap = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One published file and the pure function that renames its keys to the module's: a callable,
+    or ``"module:function"`` imported when the weights load (so that declaring it imports no torch).
+    None keeps the keys as published."""
+
+    name: str
+    remap: Remap | str | None = None
+
+    def remap_function(self) -> Remap:
+        if self.remap is None:
+            return dict
+        if callable(self.remap):
+            return self.remap
+        module_name, _, attr = self.remap.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where an annotator's weights come from, declared as data on its class.
+
+    ``files`` are file names in ``repo_id`` (state dicts, safetensors or ONNX graphs); a
+    ``transformers`` model is instead the folder of ``model_id``; ``bundled`` weights ship in
+    ``package``. ``license`` is shown by ``cn-annotate list`` and in dataset cards.
+    """
+
+    license: str
+    files: tuple[WeightFile, ...] = ()
+    format: WeightsFormat = "state_dict"
+    repo_id: str = HUB_REPO
+    model_id: str | None = None
+    package: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format == "transformers" and not self.model_id:
+            raise ValueError("transformers weights need a model_id")
+        if self.format == "bundled" and not self.package:
+            raise ValueError("bundled weights need the package that carries them")
+        if self.format in ("state_dict", "safetensors", "onnx") and not self.files:
+            raise ValueError(f"{self.format} weights need at least one file")
+
+    @property
+    def downloadable(self) -> bool:
+        """Whether the user must provide or download the weights (bundled ones come with a package)."""
+        return self.format != "bundled"
+
+    def locate(self, weights: str | os.PathLike[str] | None = None, *, local_files_only: bool | None = None) -> list[Path]:
+        """The path of each file (or the model folder, or the package folder), in declaration order;
+        raises :class:`WeightsNotFoundError` with the lookup's explanation."""
+        if self.format == "transformers":
+            assert self.model_id is not None
+            return [find_model_folder(self.model_id, weights, local_files_only=local_files_only)]
+        if self.format == "bundled":
+            assert self.package is not None
+            spec = importlib.util.find_spec(self.package)
+            if spec is None or not spec.submodule_search_locations:
+                raise WeightsNotFoundError(self.package, ["installed packages"], "", hint=f"install the package that carries them: pip install {self.package}")
+            return [Path(next(iter(spec.submodule_search_locations)))]
+        return [find_checkpoint(f.name, weights, repo_id=self.repo_id, local_files_only=local_files_only) for f in self.files]
+
+    def present(self, weights: str | os.PathLike[str] | None = None) -> bool:
+        """Whether every file can be found without touching the network."""
+        try:
+            self.locate(weights, local_files_only=True)
+        except WeightsNotFoundError:
+            return False
+        return True
+
+    def identity(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """Names and sizes of the files found: what a dataset build records, so that resuming with
+        other weights is refused. No local path is part of it."""
+        found = []
+        for path in paths:
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            found.append({"name": path.name, "bytes": sum(p.stat().st_size for p in files)})
+        return found
+
+    def load_into(self, module: torch.nn.Module, path: Path, index: int = 0) -> torch.nn.Module:
+        """Read the ``index``-th declared file from ``path`` and load it strictly through its remap."""
+        return load_strict(module, load_checkpoint(path), self.files[index].remap_function(), source=path.name)
+
+
+def find_model_folder(
+    model_id: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    local_files_only: bool | None = None,
+) -> Path:
+    """A transformers model folder: ``weights`` (the folder itself, or one holding a folder named
+    after the model), ``$CN_ANNOTATE_WEIGHTS`` likewise, then the Hub cache (or the Hub) of ``model_id``."""
+    leaf = model_id.rsplit("/", 1)[-1]
+    tried: list[str] = []
+    for label, root in (("weights", weights), (f"${WEIGHTS_ENV}", os.environ.get(WEIGHTS_ENV))):
+        if not root:
+            continue
+        folder = Path(root).expanduser()
+        for candidate in (folder, folder / leaf, folder / model_id):
+            if (candidate / "config.json").is_file():
+                return candidate
+        tried.append(f"{label}={folder.name}")
+    offline = _hub_offline() if local_files_only is None else local_files_only
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=offline))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
+        tried.append(f"{'Hugging Face cache' if offline else 'Hugging Face Hub'} {model_id} ({type(err).__name__})")
+    raise WeightsNotFoundError(model_id, tried, model_id, hint=f"fetch it once with `hf download {model_id}`")

@@ -55,13 +55,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from annotators.image import hwc3, resize_image
-from controlnet.build import default_workers
+from controlnet.dataset.build import default_workers
 
 RESOLUTION = 512
 
 _RUNNER = """
 import json, resource, sys, time
-import cli.annotate, controlnet.build, controlnet.card, controlnet.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+import cli.annotate, controlnet.dataset.build, controlnet.dataset.card, controlnet.dataset.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
 sys.argv = ["cn-annotate", *json.loads(sys.argv[1])]
 start = time.perf_counter()
 try:

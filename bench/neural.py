@@ -83,7 +83,7 @@ def main() -> None:
         weights = SeededWeights(Path(folder))
         for name in args.annotators.split(","):
             cls = annotators.get_class(name)
-            location = str(weights.ensure(cls.checkpoints))  # type: ignore[attr-defined]
+            location = str(weights.location(cls.weights))
             loop = cls(weights=location, device=args.device, dtype="float32", batch_size=1)
             batched = cls(weights=location, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
             loop_rate = images_per_second(loop, images, one_at_a_time=True)

@@ -82,7 +82,7 @@ def peak_memory(device: str) -> int:
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, float]:
-    from controlnet.train import TrainConfig, train
+    from controlnet.training.trainer import TrainConfig, train
 
     clock = StepClock()
     with tempfile.TemporaryDirectory() as out:

@@ -17,7 +17,7 @@ import dataclasses
 import inspect
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -27,38 +27,13 @@ from typer.core import TyperGroup
 
 import annotators
 from annotators.base import AnnotatorConfig
-from annotators.image import DEFAULT_MAX_PIXELS, ImageError, encode_png, load_image, resize_image
+from annotators.image import ImageError, encode_png, load_image, resize_image
 from annotators.weights import WeightsNotFoundError
 from cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail
-from controlnet.sources import DEFAULT_PROMPT, IMAGE_SUFFIXES
+from cli.options import config_parameters, given_values
+from controlnet.dataset.sources import IMAGE_SUFFIXES
 
 EXIT_INTERRUPTED = 130
-
-
-def _option_name(field_name: str) -> str:
-    return "--" + field_name.replace("_", "-")
-
-
-def _value_type(field: dataclasses.Field) -> Any:
-    choices = field.metadata.get("choices")
-    if choices:
-        return Literal[tuple(choices)]  # type: ignore[valid-type]
-    return str if field.default is None else type(field.default)
-
-
-def _config_parameters(config_cls: type[AnnotatorConfig]) -> list[inspect.Parameter]:
-    """One keyword parameter per config field, with its help, range and reference default.
-
-    Options default to None so that only what the user typed overrides the config's defaults.
-    """
-    parameters = []
-    for name, default, help_text in config_cls.describe():
-        field = next(f for f in dataclasses.fields(config_cls) if f.name == name)
-        flag = _option_name(name) + (f"/--no-{name.replace('_', '-')}" if isinstance(default, bool) else "")
-        option = typer.Option(flag, help=help_text, show_default=str(default) if default is not None else False)
-        annotation = Annotated[Optional[_value_type(field)], option]  # noqa: UP007 (typer reads Optional)
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
-    return parameters
 
 
 def _parse_setting(setting: str, names: list[str]) -> tuple[str, str, str]:
@@ -127,69 +102,54 @@ def annotate_file(annotator: annotators.Annotator, source: Path, output: Path, r
         Image.fromarray(condition).save(output)
 
 
-@dataclasses.dataclass(frozen=True)
-class BuildOptions:
-    """The dataset-builder options of an annotator subcommand (besides the annotators' own)."""
-
-    resolution: int
-    keep_size: bool
-    prompt: str
-    image_column: Optional[str]  # noqa: UP007
-    caption_column: Optional[str]  # noqa: UP007
-    split: str
-    workers: int
-    batch_size: Optional[int]  # noqa: UP007
-    shard_size: int
-    min_keypoints: int
-    max_pixels: int
-    overwrite: bool
-    strict: bool
-    preview: Optional[Path]  # noqa: UP007
+#: BuildConfig fields that the command line sets in its own way (arguments, or not at all)
+_NOT_OPTIONS = ("input", "output", "annotators", "filters", "central")
+BUILD_PANEL = "Dataset build"
 
 
 def _build_parameters(classes: list[type[annotators.Annotator]]) -> list[inspect.Parameter]:
-    from controlnet.build import default_workers
+    """The builder's options, generated from BuildConfig and the filters of the annotators' data
+    kinds, plus the command line's own --strict and --preview."""
+    from controlnet.dataset.config import BuildConfig
 
     keyword = inspect.Parameter.KEYWORD_ONLY
-
-    def option(name: str, default: Any, annotation: Any, *flags: str, **kwargs: Any) -> inspect.Parameter:
-        return inspect.Parameter(name, keyword, default=default, annotation=Annotated[annotation, typer.Option(*flags, **kwargs)])
-
-    build_panel = "Dataset build"
-    parameters = [
-        option("prompt", DEFAULT_PROMPT, str, help="caption of images with no sidecar .txt, metadata file or caption column", rich_help_panel=build_panel),
-        option("image_column", None, Optional[str], help="image column of a dataset input (default: image)", rich_help_panel=build_panel),  # noqa: UP007
-        option("caption_column", None, Optional[str], help="caption column of a dataset input (default: text, if present)", rich_help_panel=build_panel),  # noqa: UP007
-        option("split", "train", str, help="split of a dataset input", rich_help_panel=build_panel),
-        option("workers", default_workers(), int, min=1, help="worker processes (default: all cores)", rich_help_panel=build_panel),
-        option("batch_size", None, Optional[int], min=1, help="images per batch for batched annotators, and per task", rich_help_panel=build_panel),  # noqa: UP007
-        option("shard_size", 1000, int, min=1, help="rows per Parquet shard", rich_help_panel=build_panel),
-        option("max_pixels", DEFAULT_MAX_PIXELS, int, min=1, help="larger images are skipped", rich_help_panel=build_panel),
-        option("overwrite", False, bool, "--overwrite", help="replace an output folder built with other settings", rich_help_panel=build_panel),
-        option("strict", False, bool, "--strict", help="exit 1 if any input was skipped", rich_help_panel=build_panel),
-        option("preview", None, Optional[Path], "--preview", metavar="FILE.png", help="also write a contact sheet of image and condition pairs", rich_help_panel=build_panel),  # noqa: UP007
+    parameters = config_parameters(BuildConfig, exclude=_NOT_OPTIONS, panel=BUILD_PANEL)
+    for filters in _filter_classes(classes):
+        parameters += config_parameters(filters, panel=BUILD_PANEL)
+    parameters += [
+        inspect.Parameter("strict", keyword, default=False, annotation=Annotated[bool, typer.Option("--strict", help="exit 1 if any input was skipped", rich_help_panel=BUILD_PANEL)]),
+        inspect.Parameter("preview", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--preview", metavar="FILE.png", help="also write a contact sheet of image and condition pairs", rich_help_panel=BUILD_PANEL)]),  # noqa: UP007
     ]
-    if any(cls.finds_data for cls in classes):
-        parameters.append(option("min_keypoints", 0, int, min=0, help="skip images with fewer body keypoints found", rich_help_panel=build_panel))
     return parameters
 
 
-def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_spec: str, output: Path, options: BuildOptions) -> None:
-    from controlnet.build import BuildConfig, BuildError, BuildProgress, build
-    from controlnet.card import contact_sheet
-    from controlnet.sources import SourceError
+def _filter_classes(classes: list[type[annotators.Annotator]]) -> list[type[AnnotatorConfig]]:
+    """The filter configs of the annotators' data kinds, each once."""
+    found: list[type[AnnotatorConfig]] = []
+    for cls in classes:
+        kind = cls.data_kind
+        if kind is not None and kind.Filters is not None and kind.Filters not in found:
+            found.append(kind.Filters)
+    return found
+
+
+def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_spec: str, output: Path, options: dict[str, Any]) -> None:
+    from controlnet.dataset.build import BuildConfig, BuildError, BuildProgress, build
+    from controlnet.dataset.card import contact_sheet
+    from controlnet.dataset.sources import SourceError
 
     try:
-        # Every build option but the CLI's own (--strict, --preview) is a BuildConfig field of that name.
-        build_options = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("strict", "preview")}
+        filters = tuple(cls(**given_values(cls, options)) for cls in _filter_classes([type(a) for a in chosen]))
         config = BuildConfig(
             input=input_spec,
             output=output,
             annotators=tuple((name, annotator.config) for name, annotator in zip(names, chosen)),
-            **build_options,
+            filters=tuple(f for f in filters if f != type(f)()),  # filters left at their defaults keep every row
+            **given_values(BuildConfig, options),
         )
     except ValueError as err:
         fail(str(err), EXIT_USAGE)
+    strict, preview = options["strict"], options["preview"]
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -239,22 +199,22 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
     summary.add_row("time", f"{result.seconds:.1f} s, {result.images_per_second:.1f} images/s")
     summary.add_row("load with", f'datasets.load_dataset("{output}", split="train")')
     Console().print(summary)
-    if options.preview is not None:
+    if preview is not None:
         try:
-            drawn = contact_sheet(output, options.preview)
-            Console().print(f"wrote {options.preview} ({drawn} rows)")
+            drawn = contact_sheet(output, preview)
+            Console().print(f"wrote {preview} ({drawn} rows)")
         except ValueError as err:
             err_console.print(f"[yellow]no preview:[/] {err}")
-    if options.strict and result.skipped:
+    if strict and result.skipped:
         fail(f"{result.skipped} input(s) skipped (--strict)", EXIT_FAILURE)
 
 
-def _run_annotator(names: list[str], input_spec: str, output: Path, options: BuildOptions, settings: tuple[str, ...], direct: dict[str, Any]) -> None:
+def _run_annotator(names: list[str], input_spec: str, output: Path, options: dict[str, Any], settings: tuple[str, ...], direct: dict[str, Any]) -> None:
     params = collect_params(names, settings, direct)
-    if options.batch_size is not None:  # batched annotators take it as their own batch size
+    if options["batch_size"] is not None:  # batched annotators take it as their own batch size
         for name in names:
             if any(f.name == "batch_size" for f in dataclasses.fields(annotators.get_class(name).Config)):
-                params[name].setdefault("batch_size", options.batch_size)
+                params[name].setdefault("batch_size", options["batch_size"])
     chosen = build_annotators(names, params)
     if output.suffix.lower() in IMAGE_SUFFIXES:
         input_path = Path(input_spec)
@@ -263,7 +223,10 @@ def _run_annotator(names: list[str], input_spec: str, output: Path, options: Bui
         if not input_path.is_file():
             fail(f"{input_path}: not a file (a single map is written from a single image)", EXIT_USAGE)
         try:
-            annotate_file(chosen[0], input_path, output, None if options.keep_size else options.resolution)
+            from controlnet.dataset.config import DEFAULT_RESOLUTION
+
+            keep_size, resolution = options["keep_size"], options["resolution"] or DEFAULT_RESOLUTION
+            annotate_file(chosen[0], input_path, output, None if keep_size else resolution)
         except (ImageError, WeightsNotFoundError) as err:
             fail(str(err))
         except ValueError as err:  # a checkpoint that does not fit the network
@@ -285,23 +248,19 @@ def annotator_command(spec: str) -> Any:
     parameters = [
         inspect.Parameter("input_spec", keyword, annotation=Annotated[str, typer.Argument(metavar="INPUT", help="image folder (searched recursively), image, text file listing paths, dataset folder or Hub dataset id")]),
         inspect.Parameter("output", keyword, annotation=Annotated[Path, typer.Option("-o", "--output", help="dataset folder, or an image file (.png) for a single image")]),
-        inspect.Parameter("resolution", keyword, default=512, annotation=Annotated[int, typer.Option(min=64, help="short side, rounded to multiples of 64 (reference resize_image)")]),
-        inspect.Parameter("keep_size", keyword, default=False, annotation=Annotated[bool, typer.Option("--keep-size", help="annotate at the original size")]),
         inspect.Parameter("settings", keyword, default=[], annotation=Annotated[list[str], typer.Option("--set", metavar="[ANNOTATOR.]PARAM=VALUE", help="set a parameter (repeatable)")]),
     ]
     build_parameters = _build_parameters(classes)
     taken = {p.name for p in parameters + build_parameters}
     if single:  # an annotator parameter named like a build option (batch_size) is set through the latter
-        parameters += [p for p in _config_parameters(classes[0].Config) if p.name not in taken]
+        parameters += [p for p in config_parameters(classes[0].Config) if p.name not in taken]
     parameters += build_parameters
     build_names = {p.name for p in build_parameters}
     description = classes[0].description if single else "Several annotators in one pass: " + ", ".join(names)
 
-    def command(*, input_spec: str, output: Path, resolution: int, keep_size: bool, settings: list[str], **rest: Any) -> None:
+    def command(*, input_spec: str, output: Path, settings: list[str], **rest: Any) -> None:
         build_values = {name: rest.pop(name) for name in list(rest) if name in build_names}
-        build_values.setdefault("min_keypoints", 0)
-        options = BuildOptions(resolution=resolution, keep_size=keep_size, **build_values)
-        _run_annotator(names, input_spec, output, options, tuple(settings), rest)
+        _run_annotator(names, input_spec, output, build_values, tuple(settings), rest)
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
@@ -346,14 +305,12 @@ def list_annotators(
     for column in ("name", "description", "weights", "weights licence", "source"):
         table.add_column(column)
     for info in annotators.available():
-        cls = annotators.get_class(info.name)
         if not info.needs_weights:
-            state, licence = "none needed", ""
+            state = "bundled" if info.weights_license else "none needed"
         else:
-            present = cls.weights_present(str(weights) if weights else None)  # type: ignore[attr-defined]
+            present = annotators.get_class(info.name).weights_present(str(weights) if weights else None)
             state = "[green]present[/]" if present else "[yellow]missing[/]"
-            licence = getattr(cls, "weights_license", "")
-        table.add_row(info.name, info.description, state, licence, info.source)
+        table.add_row(info.name, info.description, state, info.weights_license or "", info.source)
     Console().print(table)
 
 
@@ -364,7 +321,7 @@ def push(
     private: Annotated[bool, typer.Option("--private", help="create the repository private")] = False,
 ) -> None:
     """Upload a built dataset to the Hugging Face Hub (uses `hf auth login` or HF_TOKEN)."""
-    from controlnet.hub import HubError, push_dataset
+    from controlnet.dataset.hub import HubError, push_dataset
 
     try:
         url = push_dataset(output, repo_id, private=private)

@@ -84,8 +84,8 @@ def train_command(
     report_to: Annotated[str, Opt(help="tensorboard, wandb, ... or none")] = "tensorboard",
     log_samples: Annotated[bool, Opt(help="write samples.jsonl: the sample ids and loss of every step")] = False,
 ) -> None:
-    from controlnet.data import DataError
-    from controlnet.train import TrainConfig, TrainError, train
+    from controlnet.training.data import DataError
+    from controlnet.training.trainer import TrainConfig, TrainError, train
 
     try:
         config = TrainConfig(
@@ -129,7 +129,7 @@ def export_command(
 ) -> None:
     import torch
 
-    from controlnet.export import LayoutError, export_original
+    from controlnet.training.export import LayoutError, export_original
 
     if output.suffix != ".safetensors":
         fail(f"{output}: the export is a .safetensors file")

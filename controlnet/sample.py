@@ -107,7 +107,7 @@ def _control_class() -> type:
 
 def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
     """A diffusers ControlNet folder or Hub id, or a single original-layout ``.safetensors`` file."""
-    from controlnet.export import load_original_controlnet
+    from controlnet.training.export import load_original_controlnet
 
     cls = _control_class()
     path = Path(spec.path)

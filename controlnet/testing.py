@@ -124,7 +124,7 @@ def write_dataset(folder: str | Path, images: list[np.ndarray], captions: list[s
     sidecar captions to ``folder/images`` and annotated at their own size into ``folder/dataset``."""
     from PIL import Image as PILImage
 
-    from controlnet.build import BuildConfig, build
+    from controlnet.dataset.build import BuildConfig, build
 
     folder = Path(folder)
     sources = folder / "images"

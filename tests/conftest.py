@@ -31,3 +31,19 @@ def seeded_weights(tmp_path_factory: pytest.TempPathFactory):
     from tests.parity import SeededWeights
 
     return SeededWeights(tmp_path_factory.mktemp("seeded-weights"))
+
+
+@pytest.fixture
+def registered():
+    """Registers annotators through the public API for one test, then removes them."""
+    import annotators
+
+    added: list[str] = []
+
+    def register(name: str, annotator: type | str) -> None:
+        annotators.register(name, annotator)
+        added.append(name)
+
+    yield register
+    for name in added:
+        annotators.unregister(name)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from annotators.weights import Weights
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,8 +156,10 @@ def checkpoint_cases() -> dict[str, str]:
     index = json.loads((parity_root() / "index.json").read_text())["cases"]
     files = {}
     for name, info in index.items():
-        if info.get("checkpoint_file"):
-            files[info["checkpoint_file"]] = name
+        checkpoint = info.get("checkpoint_file")
+        # One file, or several for a pipeline of models (DWPose's detector and pose ONNX graphs).
+        for filename in [checkpoint] if isinstance(checkpoint, str) else checkpoint or []:
+            files[filename] = name
     files["sk_model2.pth"] = "lineart"  # the coarse model shares the lineart manifest and seed
     return files
 
@@ -161,6 +167,12 @@ def checkpoint_cases() -> dict[str, str]:
 # Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
 # their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast.
 FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
+
+
+#: Seeded stand-ins for weights that no parity case covers: a published file name (or a transformers
+#: model id) -> a function writing random weights of the right layout at the given path (a file, or
+#: a model folder). A new annotator adds its entry here, so the registry-wide tests cover it.
+SEEDED_WRITERS: dict[str, Callable[[Path], None]] = {}
 
 
 class SeededWeights:
@@ -174,10 +186,21 @@ class SeededWeights:
         for filename in filenames:
             target = self.folder / filename
             if not target.exists():
-                if filename not in self._cases:
-                    raise KeyError(f"no parity case provides seeded weights for {filename}")
-                write_published_checkpoint(case(self._cases[filename]), target)
+                if filename in SEEDED_WRITERS:
+                    SEEDED_WRITERS[filename](target)
+                elif filename in self._cases:
+                    write_published_checkpoint(case(self._cases[filename]), target)
+                else:
+                    raise KeyError(f"no parity case or seeded writer provides weights for {filename}")
         return self.folder
+
+    def location(self, weights: Weights) -> Path:
+        """A folder holding seeded stand-ins for every file (or the model folder) ``weights`` declares."""
+        if weights.format == "transformers":
+            assert weights.model_id is not None
+            self.ensure([weights.model_id])
+            return self.folder / weights.model_id
+        return self.ensure([f.name for f in weights.files])
 
     def create(self, name: str, **params: Any) -> Any:
         """The registered annotator ``name`` with ``params``, on these weights where it needs them,
@@ -185,6 +208,6 @@ class SeededWeights:
         import annotators
 
         cls = annotators.get_class(name)
-        if cls.needs_weights:
-            params.setdefault("weights", str(self.ensure(cls.checkpoints)))  # type: ignore[attr-defined]
+        if cls.weights is not None and cls.weights.downloadable:
+            params.setdefault("weights", str(self.location(cls.weights)))
         return cls(**{**FAST_PARAMS.get(name, {}), **params})

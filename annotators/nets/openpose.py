@@ -136,3 +136,11 @@ def remap_checkpoint(checkpoint: Mapping[str, object], kind: str) -> dict[str, t
         else:
             remapped[f"{layer_blocks.get(layer, '?')}.{key}"] = value  # type: ignore[assignment]
     return remapped
+
+
+def remap_body_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    return remap_checkpoint(checkpoint, "body")
+
+
+def remap_hand_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    return remap_checkpoint(checkpoint, "hand")

@@ -140,13 +140,13 @@ def assert_batch_matches_one_by_one(annotator: annotators.Annotator, images: lis
 
 @pytest.mark.parametrize("name", HED_IDS)
 def test_mixed_size_batch_matches_one_by_one(seeded_weights, name: str) -> None:
-    folder = seeded_weights.ensure(annotators.get_class(name).checkpoints)
+    folder = seeded_weights.location(annotators.get_class(name).weights)
     assert_batch_matches_one_by_one(annotators.create(name, weights=str(folder), batch_size=2), small_batch())
 
 
 @pytest.mark.parametrize("name", ["hed", "softedge_hed"])
 def test_too_small_image_is_refused(seeded_weights, name: str) -> None:
-    folder = seeded_weights.ensure(annotators.get_class(name).checkpoints)
+    folder = seeded_weights.location(annotators.get_class(name).weights)
     with pytest.raises(ValueError, match="at least 16x16 pixels, got 40x15"):
         annotators.create(name, weights=str(folder))([np.zeros((15, 40, 3), np.uint8)])
 

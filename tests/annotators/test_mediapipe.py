@@ -9,7 +9,8 @@ import pytest
 from skimage import data
 
 import annotators
-from annotators.render import BODY_COLORS, COCO18_NAMES, PoseResult, count_body_keypoints
+from annotators.data import count_body_keypoints
+from annotators.render import BODY_COLORS, COCO18_NAMES, PoseResult
 
 POSE_IDS = ("mediapipe_pose", "mediapipe_hands", "mediapipe_face", "mediapipe_full")
 LEGS = ("right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle")

@@ -102,14 +102,14 @@ def test_remap_covers_the_module_and_drops_only_unused_timm_parts() -> None:
 
 
 def test_training_snapshot_and_missing_keys(tmp_path: Path) -> None:
-    from annotators.midas import build_dpt_hybrid
-
     state = {k: torch.from_numpy(v) for k, v in seeded_arrays(MIDAS.manifest).items()}
-    model = build_dpt_hybrid({"model": state, "optimizer": {}}, "snapshot")
+    torch.save({"model": state, "optimizer": {}}, tmp_path / "snapshot.pt")
+    model = annotators.create("depth_midas", weights=str(tmp_path / "snapshot.pt")).load().model
     assert torch.equal(model.pos_embed, state["pretrained.model.pos_embed"])
     del state["scratch.refinenet2.out_conv.bias"]
+    torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(ValueError, match="missing key.*fusion.1.out_conv.bias"):
-        build_dpt_hybrid(state, "broken")
+        annotators.create("depth_midas", weights=str(tmp_path / "broken.pt")).load()
 
 
 @pytest.mark.parametrize("shape", [(80, 120), (64, 96), (96, 160), (33, 47)])

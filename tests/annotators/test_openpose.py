@@ -7,7 +7,7 @@ import pytest
 import annotators
 from annotators import openpose
 from annotators.openpose import body_net_input, hand_net_input, hand_peaks, smart_resize
-from annotators.render import count_body_keypoints
+from annotators.data import count_body_keypoints
 from tests.parity import assert_maps_agree, assert_raw_close, case
 
 BODY = case("openpose_body")
@@ -108,7 +108,7 @@ def test_hand_pipeline_peaks_match(hand_run: dict[str, np.ndarray]) -> None:
 
 def test_openpose_hand_adds_hands_to_map_and_json(seeded_weights, body: openpose.OpenPose) -> None:
     """End to end on a small crop where the seeded body net finds arms; one hand scale keeps it fast."""
-    weights = seeded_weights.ensure(openpose.OpenPoseHand.checkpoints)
+    weights = seeded_weights.location(openpose.OpenPoseHand.weights)
     hand = annotators.create("openpose_hand", weights=str(weights), hand_scales=1)
     image = BODY.input_rgb[:64, :96].copy()
     (with_hands,) = hand.annotate([image])

@@ -110,7 +110,7 @@ def test_checkpoint_without_container_or_prefix_loads_too(checkpoint: Path) -> N
 
 @pytest.mark.parametrize("name", PIDI_IDS)
 def test_mixed_size_batch_matches_one_by_one(seeded_weights, name: str) -> None:
-    folder = seeded_weights.ensure(annotators.get_class(name).checkpoints)
+    folder = seeded_weights.location(annotators.get_class(name).weights)
     assert_batch_matches_one_by_one(annotators.create(name, weights=str(folder), batch_size=2), small_batch())
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from annotators.render import HAND_EDGES, Person, PoseResult, count_body_keypoints, draw_body, draw_faces, draw_hands
+from annotators.data import count_body_keypoints
+from annotators.render import HAND_EDGES, Person, PoseResult, draw_body, draw_faces, draw_hands
 from tests.parity import case
 
 DRAW = case("openpose_draw")

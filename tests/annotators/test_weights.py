@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def test_missing_weights_error_names_file_places_and_fix(tmp_path: Path, monkeyp
         find_checkpoint(NAME, tmp_path / "empty")
     message = str(err.value)
     assert NAME in message and str(tmp_path / "empty") in message and WEIGHTS_ENV in message
-    assert "Hugging Face cache" in message and "--weights" in message and "huggingface-cli download" in message
+    assert "Hugging Face cache" in message and "--weights" in message
+    assert f"`hf download lllyasviel/Annotators {NAME}`" in message
     assert "\n" not in message
     assert not is_checkpoint_present(NAME)
 
@@ -99,3 +101,12 @@ def test_load_strict_reports_missing_unexpected_and_shape(tmp_path: Path) -> Non
         load_strict(module, {"weight": torch.zeros(2, 3), "extra": torch.ones(1)}, dict, source="x.pth")
     with pytest.raises(ValueError, match="x.pth: does not match Linear"):
         load_strict(module, {"weight": torch.zeros(5, 3), "bias": torch.ones(2)}, dict, source="x.pth")
+
+
+def test_suggested_download_command_is_installed() -> None:
+    """The hint names `hf` (huggingface_hub 1.x/2.x ships no `huggingface-cli`); it must exist here."""
+    import shutil
+    import sys
+
+    scripts = Path(sys.executable).parent
+    assert shutil.which("hf", path=f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}") is not None

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.annotate import app
-from controlnet.build import shard_paths
+from controlnet.dataset.build import shard_paths
 from tests.controlnet.helpers import write_bad_files, write_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,12 +155,10 @@ def test_resume_after_the_process_is_killed(tmp_path: Path, stop: signal.Signals
     assert not list((output / "data").glob(".*"))
 
 
-def test_min_keypoints_option_for_annotators_that_find_people(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_min_keypoints_option_for_annotators_that_find_people(tmp_path: Path, registered) -> None:
     from PIL import Image
 
-    import annotators
-
-    monkeypatch.setitem(annotators._BUILTIN, "fake_pose", "tests.controlnet.test_build:FakePose")
+    registered("fake_pose", "tests.controlnet.dataset.test_build:FakePose")
     images = tmp_path / "images"
     images.mkdir()
     for red in (0, 120, 250):

@@ -46,7 +46,7 @@ def fixed_batch_dataset(tmp_path_factory: pytest.TempPathFactory, photos: list[n
 @pytest.fixture(scope="session")
 def short_run(tiny_base: Path, fixed_batch_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     """30 steps on a fixed batch, with validation at the start and the end."""
-    from controlnet.train import TrainConfig, train
+    from controlnet.training.trainer import TrainConfig, train
 
     config = TrainConfig(
         base_model=str(tiny_base), dataset=str(fixed_batch_dataset),

@@ -141,7 +141,7 @@ def read_dataset(output: Path) -> dict[str, dict[str, object]]:
     """Rows of a built dataset by file name, read with pyarrow (``datasets`` is not needed)."""
     import pyarrow.parquet as pq
 
-    from controlnet.build import shard_paths
+    from controlnet.dataset.build import shard_paths
 
     rows = [row for path in shard_paths(output) for row in pq.read_table(path).to_pylist()]
     return {row["file_name"]: row for row in rows}
@@ -152,7 +152,7 @@ def decode_map(cell: dict[str, bytes]) -> np.ndarray:
 
 
 def test_builder_with_central_gpu_annotators_matches_cpu_build(tmp_path: Path, seeded_weights) -> None:
-    from controlnet.build import BuildConfig, build
+    from controlnet.dataset.build import BuildConfig, build
     from tests.controlnet.helpers import write_photo
 
     photos = tmp_path / "photos"
@@ -210,7 +210,7 @@ def canny_dataset(tmp_path_factory: pytest.TempPathFactory, photos: list[np.ndar
 def test_trainer_runs_on_cuda_in_mixed_precision(mixed_precision: str, tiny_base: Path, canny_dataset: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from controlnet.train import TrainConfig, train
+    from controlnet.training.trainer import TrainConfig, train
 
     config = TrainConfig(
         base_model=str(tiny_base), dataset=str(canny_dataset), output_dir=str(tmp_path), resolution=32,

@@ -11,10 +11,14 @@ import io
 import json
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from annotators.base import AnnotatorConfig
+from controlnet.dataset.layout import BUILD_FILE, CARD_FILE, Layout, shard_paths
 
 __all__ = ["CardInfo", "contact_sheet", "package_versions", "write_card"]
 
@@ -24,11 +28,11 @@ _PACKAGES = ("cn-annotate", "numpy", "opencv-contrib-python", "pillow", "dataset
 @dataclass(frozen=True)
 class CardInfo:
     identity: dict[str, Any]
-    annotators: list[str]
-    columns: list[str]
+    layout: Layout
     rows: int
     skip_kinds: dict[str, int]
-    no_person: int | None  # images with no person found, for annotators that find people
+    tallies: dict[str, Counter[str]]  # per data column, the summed statistics of its kind
+    filters: tuple[AnnotatorConfig, ...]
     preview: list[dict[str, Any]]
     versions: dict[str, str]
     data_bytes: int  # size of the finished shards
@@ -61,7 +65,8 @@ def _cell(value: Any) -> str:
 
 
 def render_card(info: CardInfo) -> str:
-    names = ", ".join(f"`{name}`" for name in info.annotators)
+    annotator_ids = list(info.layout.annotators)
+    names = ", ".join(f"`{name}`" for name in annotator_ids)
     resolution = info.identity.get("resolution")
     lines = [
         "---",
@@ -104,20 +109,16 @@ def render_card(info: CardInfo) -> str:
         "image": "the input image, resized like the reference `resize_image`"
         + (f" (short side {resolution}, sides multiples of 64)" if resolution else " (original size)")
         + "; when no resize was needed, the original file unchanged",
-        "conditioning_image": f"the condition map of `{info.annotators[0]}` (lossless PNG), same size as `image`",
+        "conditioning_image": f"the condition map of `{annotator_ids[0]}` (lossless PNG), same size as `image`",
         "text": "caption: sidecar `.txt`, then `metadata.jsonl`/`metadata.csv`, then the dataset's caption column, else the default prompt",
         "file_name": "the image's path relative to the input",
         "annotator": "the annotator id(s)",
         "width": "width of `image` and the maps",
         "height": "height of `image` and the maps",
     }
-    for column in info.columns:
-        if column in described:
-            text = described[column]
-        elif column.startswith("keypoints"):
-            text = "OpenPose JSON (`people`, `canvas_width`, `canvas_height`)"
-        else:
-            text = f"the condition map of `{column}` (lossless PNG)"
+    described.update({c.name: f"{c.kind.description}, found by `{c.annotator}`" for c in info.layout.data_columns})
+    for column in info.layout.columns:
+        text = described.get(column, f"the condition map of `{column}` (lossless PNG)")
         lines.append(f"| `{column}` | {text} |")
     lines += [
         "",
@@ -134,8 +135,10 @@ def render_card(info: CardInfo) -> str:
         f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
         f"- Default prompt: {info.identity.get('prompt')!r}",
     ]
-    if info.identity.get("min_keypoints"):
-        lines.append(f"- Images with fewer than {info.identity['min_keypoints']} body keypoints were skipped")
+    for column in info.layout.data_columns:
+        for config in info.filters:
+            if column.kind.Filters is not None and isinstance(config, column.kind.Filters):
+                lines += column.kind.filter_lines(config)
     lines.append("- Packages: " + ", ".join(f"{name} {version}" for name, version in info.versions.items()))
     lines += [
         "",
@@ -145,8 +148,8 @@ def render_card(info: CardInfo) -> str:
         f"- Skipped inputs: {info.skipped}" + (" (" + ", ".join(f"{kind}: {count}" for kind, count in sorted(info.skip_kinds.items())) + ")" if info.skipped else "")
         + (" — listed with their reasons in `skipped.jsonl`" if info.skipped else ""),
     ]
-    if info.no_person is not None:
-        lines.append(f"- Images with no person found: {info.no_person}")
+    for column in info.layout.data_columns:
+        lines += column.kind.card_lines(info.tallies.get(column.name, Counter()), info.rows)
     if info.preview:
         lines += ["", "## Preview", "", "| file_name | size | text |", "|---|---|---|"]
         for row in info.preview:
@@ -156,9 +159,9 @@ def render_card(info: CardInfo) -> str:
 
 def write_card(output: Path, info: CardInfo) -> None:
     """Write ``output/README.md`` atomically."""
-    tmp = output / ".README.md.tmp"
+    tmp = output / f".{CARD_FILE}.tmp"
     tmp.write_text(render_card(info), encoding="utf-8")
-    os.replace(tmp, output / "README.md")
+    os.replace(tmp, output / CARD_FILE)
 
 
 def contact_sheet(output: Path, destination: Path, rows: int = 8, height: int = 160) -> int:
@@ -166,8 +169,6 @@ def contact_sheet(output: Path, destination: Path, rows: int = 8, height: int = 
     Returns the number of rows drawn."""
     import pyarrow.parquet as pq
     from PIL import Image, ImageDraw
-
-    from controlnet.build import BUILD_FILE, shard_paths
 
     annotator_ids = list(json.loads((output / BUILD_FILE).read_text(encoding="utf-8"))["annotators"])
     columns = ["image", "conditioning_image"] if len(annotator_ids) == 1 else ["image", *annotator_ids]

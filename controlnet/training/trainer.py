@@ -220,7 +220,7 @@ class _Trainer:
         # Loaded in float32 so that the ControlNet copies the encoder weights without rounding.
         self.unet = UNet2DConditionModel.from_pretrained(c.base_model, subfolder="unet", variant=c.variant, **load)
         if c.init_controlnet and Path(c.init_controlnet).is_file():
-            from controlnet.export import load_original_controlnet
+            from controlnet.training.export import load_original_controlnet
 
             self.controlnet = load_original_controlnet(c.init_controlnet)
         elif c.init_controlnet:
@@ -271,7 +271,7 @@ class _Trainer:
         rank = accelerator.process_index
         self.generator = torch.Generator(device=self.device).manual_seed(c.seed * 1_000_003 + rank)
         self.global_step = 0
-        from controlnet.data import Position
+        from controlnet.training.data import Position
 
         self.position = Position()
         resume_dir = _resume_dir(c, self.output_dir)
@@ -279,7 +279,7 @@ class _Trainer:
             self.load_checkpoint(resume_dir)
 
     def batches(self) -> Any:
-        from controlnet.data import (
+        from controlnet.training.data import (
             Columns,
             PairTransform,
             load_rows,
@@ -330,7 +330,7 @@ class _Trainer:
     def load_checkpoint(self, path: Path) -> None:
         import torch
 
-        from controlnet.data import Position
+        from controlnet.training.data import Position
 
         self.accelerator.load_state(str(path))
         self.global_step = json.loads((path / STATE_FILE).read_text())["global_step"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from controlnet.sources import (
+from controlnet.dataset.sources import (
     DEFAULT_PROMPT,
     DatasetSource,
     FolderSource,

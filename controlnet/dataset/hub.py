@@ -24,7 +24,7 @@ def push_dataset(output: Path, repo_id: str, *, private: bool = False) -> str:
         OfflineModeIsEnabled,
     )
 
-    from controlnet.build import BUILD_FILE, shard_paths
+    from controlnet.dataset.layout import BUILD_FILE, shard_paths
 
     if not (output / BUILD_FILE).is_file() or not shard_paths(output):
         raise HubError(f"{output} is not a built dataset (no {BUILD_FILE} or no data/train-*.parquet)")

@@ -17,19 +17,13 @@ from PIL import Image, ImageOps
 import annotators
 from annotators.base import Annotation, AnnotatorConfig, PerImageAnnotator, param
 from annotators.image import hwc3, resize_image
+from annotators.data import POSE, PoseFilters, count_body_keypoints
 from annotators.neural import NeuralAnnotator
-from annotators.weights import load_strict
-from controlnet.build import (
-    BuildConfig,
-    BuildError,
-    BuildProgress,
-    ShardWriter,
-    build,
-    count_keypoints,
-    shard_paths,
-)
-from controlnet.card import contact_sheet
-from controlnet.sources import DEFAULT_PROMPT
+from annotators.weights import WeightFile, Weights
+from controlnet.dataset.build import BuildConfig, BuildError, BuildProgress, build, shard_paths
+from controlnet.dataset.shards import ShardWriter
+from controlnet.dataset.card import contact_sheet
+from controlnet.dataset.sources import DEFAULT_PROMPT
 from tests.controlnet.helpers import encode, write_bad_files, write_photo
 
 
@@ -81,7 +75,7 @@ def test_folder_with_good_and_bad_files_end_to_end(mixed: tuple[Path, dict[str, 
 
     assert (result.rows, result.skipped) == (4, len(bad))
     skipped = [json.loads(line) for line in (output / "skipped.jsonl").read_text().splitlines()]
-    from controlnet.build import skip_kind
+    from controlnet.dataset.pipeline import skip_kind
 
     assert {record["file_name"]: skip_kind(record["reason"]) for record in skipped} == bad
     assert all(Path(record["path"]).name == Path(record["file_name"]).name for record in skipped)
@@ -283,7 +277,7 @@ class FakePose(PerImageAnnotator):
     name = "fake_pose"
     description = "test annotator that returns OpenPose-style data"
     Config = FakePoseConfig
-    finds_data = True
+    data_kind = POSE
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
         results = []
@@ -296,14 +290,14 @@ class FakePose(PerImageAnnotator):
         return results
 
 
-def test_count_keypoints() -> None:
+def test_count_body_keypoints() -> None:
     person = {"pose_keypoints_2d": [1, 1, 0.5, 2, 2, 0.0, 3, 3, 1.0]}
-    assert count_keypoints({"people": [person, person]}) == 4
-    assert count_keypoints({"people": []}) == count_keypoints(None) == 0
+    assert count_body_keypoints({"people": [person, person]}) == 4
+    assert count_body_keypoints({"people": []}) == count_body_keypoints(None) == 0
 
 
-def test_keypoints_column_and_min_keypoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(annotators._BUILTIN, "fake_pose", f"{__name__}:FakePose")
+def test_keypoints_column_and_min_keypoints(tmp_path: Path, registered, monkeypatch: pytest.MonkeyPatch) -> None:
+    registered("fake_pose", FakePose)
     folder = tmp_path / "images"
     folder.mkdir()
     for red in (0, 50, 120, 250):
@@ -313,10 +307,10 @@ def test_keypoints_column_and_min_keypoints(tmp_path: Path, monkeypatch: pytest.
     stored = {row["file_name"]: row for row in rows(tmp_path / "all")}
     assert len(stored) == 4
     assert json.loads(stored["red000.png"]["keypoints"])["people"] == []
-    assert count_keypoints(json.loads(stored["red120.png"]["keypoints"])) == 12
+    assert count_body_keypoints(json.loads(stored["red120.png"]["keypoints"])) == 12
     assert "Images with no person found: 1" in (tmp_path / "all" / "README.md").read_text()
 
-    result = build(config(folder, tmp_path / "some", names=("fake_pose",), keep_size=True, min_keypoints=10))
+    result = build(config(folder, tmp_path / "some", names=("fake_pose",), keep_size=True, filters=(PoseFilters(min_keypoints=10),)))
     assert sorted(row["file_name"] for row in rows(tmp_path / "some")) == ["red120.png", "red250.png"]
     skipped = [json.loads(line) for line in (tmp_path / "some" / "skipped.jsonl").read_text().splitlines()]
     assert [(record["file_name"], record["reason"].split(" body")[0]) for record in skipped] == [("red000.png", "0"), ("red050.png", "5")]
@@ -326,14 +320,14 @@ def test_keypoints_column_and_min_keypoints(tmp_path: Path, monkeypatch: pytest.
 def test_schema_is_the_one_datasets_writes() -> None:
     import datasets
 
-    from controlnet.build import arrow_schema
+    from controlnet.dataset.layout import Layout
 
     image, text = datasets.Image(), datasets.Value("string")
     size = datasets.Value("int32")
     expected = datasets.Features(
         {"image": image, "conditioning_image": image, "canny": image, "fake_pose": image, "text": text, "file_name": text, "annotator": text, "width": size, "height": size, "keypoints": text}
     ).arrow_schema
-    assert arrow_schema(["canny", "fake_pose"], ["fake_pose"]).equals(expected, check_metadata=True)
+    assert Layout.of([("canny", None), ("fake_pose", POSE)]).arrow_schema().equals(expected, check_metadata=True)
 
 
 def test_a_strip_too_large_once_resized_is_skipped(tmp_path: Path) -> None:
@@ -353,7 +347,7 @@ class FakeNet(NeuralAnnotator):
 
     name = "fake_net"
     description = "test network: a weighted sum of the channels"
-    checkpoints = ("fake_net.pth",)
+    weights = Weights(license="test weights", files=(WeightFile("fake_net.pth"),))
     grayscale = True
     batches: list[int] = []  # batch sizes seen in this process
 
@@ -361,11 +355,10 @@ class FakeNet(NeuralAnnotator):
     def forward_batch_size(self) -> int:
         return self.config.batch_size  # whole batches, as on a GPU (CPU runs go image by image)
 
-    def _build(self, checkpoints: list[dict[str, Any]], sources: list[str]) -> Any:
+    def _build(self, paths: list[Path]) -> Any:
         import torch
 
-        model = torch.nn.Conv2d(3, 1, 1, bias=False)
-        return load_strict(model, checkpoints[0], dict, source=sources[0])
+        return self.weights.load_into(torch.nn.Conv2d(3, 1, 1, bias=False), paths[0])
 
     def _forward(self, model: Any, batch: list[np.ndarray]) -> list[np.ndarray]:
         type(self).batches.append(len(batch))
@@ -383,8 +376,8 @@ def _fake_weights(folder: Path) -> Path:
     return folder
 
 
-def test_batched_annotator_in_workers_and_in_one_annotating_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(annotators._BUILTIN, "fake_net", f"{__name__}:FakeNet")
+def test_batched_annotator_in_workers_and_in_one_annotating_process(tmp_path: Path, registered, monkeypatch: pytest.MonkeyPatch) -> None:
+    registered("fake_net", FakeNet)
     folder = tmp_path / "images"
     for i in range(6):
         write_photo(folder / f"{i}.png", i, 64, 64, fmt="PNG")
@@ -408,8 +401,8 @@ def test_batched_annotator_in_workers_and_in_one_annotating_process(tmp_path: Pa
     build(config(folder, tmp_path / "one", names=("fake_net",), params={"fake_net": {"weights": weights, "batch_size": 2}}, keep_size=True))
 
 
-def test_missing_weights_stop_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(annotators._BUILTIN, "fake_net", f"{__name__}:FakeNet")
+def test_missing_weights_stop_the_build(tmp_path: Path, registered, monkeypatch: pytest.MonkeyPatch) -> None:
+    registered("fake_net", FakeNet)
     monkeypatch.delenv("CN_ANNOTATE_WEIGHTS", raising=False)
     write_photo(tmp_path / "images" / "a.jpg", 0, 64, 64)
     with pytest.raises(BuildError, match="fake_net.pth not found"):

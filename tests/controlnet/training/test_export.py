@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from controlnet.export import (
+from controlnet.training.export import (
     PREFIX,
     LayoutError,
     diffusers_to_original,
@@ -102,7 +102,7 @@ def test_training_can_start_from_an_exported_file(short_run, fixed_batch_dataset
     from diffusers import ControlNetModel
 
     from cli.train import export_app
-    from controlnet.train import TrainConfig, train
+    from controlnet.training.trainer import TrainConfig, train
 
     exported = tmp_path / "init.safetensors"
     assert CliRunner().invoke(export_app, [str(short_run.controlnet_dir), str(exported)]).exit_code == 0

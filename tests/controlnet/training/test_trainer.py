@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from controlnet.data import (
+from controlnet.training.data import (
     Columns,
     EpochBatchSampler,
     PairDataset,
@@ -24,9 +24,9 @@ from controlnet.data import (
     Position,
     load_rows,
 )
-from controlnet.train import TrainConfig, TrainError
+from controlnet.training.trainer import TrainConfig, TrainError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_pair_transform_gives_condition_the_image_geometry() -> None:
@@ -77,7 +77,7 @@ def test_empty_prompt_probability_is_applied_per_sample_and_reproducibly(canny_d
 
 
 def test_missing_column_is_a_clear_error(canny_dataset: Path) -> None:
-    from controlnet.data import DataError
+    from controlnet.training.data import DataError
 
     with pytest.raises(DataError, match="no conditioning column 'depth'"):
         PairDataset(load_rows(str(canny_dataset)), PairTransform(32), Columns(condition="depth"), 0.5, 0)
@@ -91,7 +91,7 @@ def test_config_rejects_bad_options() -> None:
 
 
 def test_8bit_adam_without_bitsandbytes_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from controlnet.train import _make_optimizer
+    from controlnet.training.trainer import _make_optimizer
 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
     with pytest.raises(TrainError, match="pip install bitsandbytes"):
@@ -140,7 +140,7 @@ def test_validation_grid_and_tensorboard_logs(short_run) -> None:
 def test_only_mid_control_trains_no_down_zero_convolution(tiny_base: Path, fixed_batch_dataset: Path, tmp_path: Path) -> None:
     from diffusers import ControlNetModel
 
-    from controlnet.train import train
+    from controlnet.training.trainer import train
 
     result = train(
         TrainConfig(
@@ -158,7 +158,7 @@ def test_unlock_decoder_trains_the_decoder_at_its_own_rate(tiny_base: Path, fixe
     import torch
     from diffusers import UNet2DConditionModel
 
-    from controlnet.train import train
+    from controlnet.training.trainer import train
 
     result = train(
         TrainConfig(
@@ -183,7 +183,7 @@ def test_bf16_mixed_precision_keeps_float32_controlnet_weights(tiny_base: Path, 
     import torch
     from diffusers import ControlNetModel
 
-    from controlnet.train import train
+    from controlnet.training.trainer import train
 
     result = train(
         TrainConfig(
@@ -293,7 +293,7 @@ def test_two_cpu_processes_share_each_global_batch(tiny_base: Path, canny_datase
 def test_streamed_batches_resume_at_their_position(canny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    from controlnet.data import stream_batches
+    from controlnet.training.data import stream_batches
 
     # datasets pauses 5 s at the end of each shuffled pass (a pyarrow thread workaround); this test
     # makes many short passes.
@@ -313,7 +313,7 @@ def test_streamed_batches_resume_at_their_position(canny_dataset: Path, monkeypa
 
 
 def test_streaming_training_runs(tiny_base: Path, canny_dataset: Path, tmp_path: Path) -> None:
-    from controlnet.train import train
+    from controlnet.training.trainer import train
 
     result = train(
         TrainConfig(

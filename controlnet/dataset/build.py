@@ -1,0 +1,181 @@
+"""The streaming dataset builder: images in, a paired ControlNet training set out.
+
+    build(BuildConfig(input="./images", output=Path("./ds"), annotators=(("canny", CannyConfig()),)))
+
+The parts, one job each: :mod:`~controlnet.dataset.config` (what to build and its identity),
+:mod:`~controlnet.dataset.layout` (file names, columns, schema), :mod:`~controlnet.dataset.sources`
+(inputs and captions), :mod:`~controlnet.dataset.pipeline` (one input to one row),
+:mod:`~controlnet.dataset.engines.local` (the worker pool), :mod:`~controlnet.dataset.shards`
+(atomic shards and the skip log), :mod:`~controlnet.dataset.resume` (identity check and what is
+done) and :mod:`~controlnet.dataset.card`. This module runs them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from annotators.weights import WeightsNotFoundError
+from controlnet.dataset import card
+from controlnet.dataset.config import BuildConfig, BuildError, default_workers
+from controlnet.dataset.engines import local
+from controlnet.dataset.layout import SKIPPED_FILE, shard_paths
+from controlnet.dataset.pipeline import AnnotatorLoadError, Skip, skip_kind
+from controlnet.dataset.resume import PREVIEW_ROWS, finished_state, prepare_output
+from controlnet.dataset.shards import ShardWriter, SkipLog
+from controlnet.dataset.sources import Source, open_source
+
+__all__ = [
+    "BuildConfig",
+    "BuildError",
+    "BuildProgress",
+    "BuildResult",
+    "build",
+    "default_workers",
+    "shard_paths",
+    "skip_kind",
+]
+
+
+@dataclass
+class BuildProgress:
+    """Reported after each chunk: ``total`` inputs, of which ``done_before`` were done by earlier runs."""
+
+    total: int
+    done_before: int
+    rows: int = 0
+    skipped: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.rows + self.skipped
+
+
+@dataclass
+class BuildResult:
+    output: Path
+    rows: int  # in the dataset, all runs together
+    skipped: int  # in skipped.jsonl, all runs together
+    rows_added: int
+    skipped_added: int
+    seconds: float
+    skip_kinds: dict[str, int]
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.rows_added + self.skipped_added) / self.seconds if self.seconds > 0 else 0.0
+
+
+def weights_identity(config: BuildConfig) -> dict[str, Any]:
+    """The weights each annotator will load (names and sizes), found before anything starts, so that
+    missing weights stop the build with the lookup's explanation instead of skipping every image."""
+    found = {}
+    for annotator in config.instances():
+        try:
+            identity = annotator.weights_identity()
+        except WeightsNotFoundError as err:
+            raise BuildError(f"{annotator.name}: {err}") from None
+        if identity is not None:
+            found[annotator.name] = identity
+    return found
+
+
+def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None = None, source: Source | None = None) -> BuildResult:
+    """Build (or resume) the dataset described by ``config``.
+
+    ``progress`` is called once before the first image and after each chunk. Raises
+    :class:`BuildError` for an output folder that cannot be used or an annotator that cannot load,
+    and :class:`controlnet.dataset.sources.SourceError` for an input that cannot be read. On Ctrl-C
+    the rows already annotated are written as a finished shard before ``KeyboardInterrupt`` propagates.
+    """
+    output = config.output
+    if source is None:
+        source = open_source(
+            config.input,
+            prompt=config.prompt,
+            image_column=config.image_column,
+            caption_column=config.caption_column,
+            split=config.split,
+            exclude=output,
+        )
+    layout = config.layout()
+    identity = config.identity(source, weights_identity(config))
+    prepare_output(output, identity, config.overwrite)
+
+    finished = finished_state(output, layout)
+    skip_log = SkipLog(output / SKIPPED_FILE)
+    done = finished.done | skip_log.keys()
+    kinds = skip_log.kinds()
+    skipped_before = len(skip_log.records)
+    tallies = finished.tallies
+    state = BuildProgress(total=len(source), done_before=len(done))
+    versions = card.package_versions(with_torch=any(a.weights is not None for a in config.instances()))
+
+    def write_card() -> None:
+        card.write_card(
+            output,
+            card.CardInfo(
+                identity=identity,
+                layout=layout,
+                rows=finished.rows + state.rows,
+                skip_kinds=dict(kinds),
+                tallies=tallies,
+                filters=config.filters,
+                preview=finished.preview,
+                versions=versions,
+                data_bytes=sum(shard.stat().st_size for shard in shard_paths(output)),
+            ),
+        )
+
+    writer = ShardWriter(output, layout, config.shard_size, finished.next_index, on_shard=write_card)
+    write_card()
+    if progress is not None:
+        progress(state)
+    started = time.perf_counter()
+    pending = (item for item in source if item.file_name not in done)
+    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
+        config = dataclasses.replace(config, workers=1)
+    try:
+        for results in local.run(config, pending):
+            for result in results:
+                if isinstance(result, Skip):
+                    skip_log.add(result)
+                    kinds[result.kind] += 1
+                    state.skipped += 1
+                    continue
+                writer.add(result)
+                state.rows += 1
+                for column, tally in zip(layout.data_columns, result.tallies):
+                    tallies[column.name].update(tally)
+                if len(finished.preview) < PREVIEW_ROWS:
+                    finished.preview.append({"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height})
+            if progress is not None:
+                progress(state)
+    except BaseException as err:  # Ctrl-C included: the buffered rows are complete, so keep them if we can
+        try:
+            writer.close()
+        except Exception:
+            writer.abort()
+        if isinstance(err, AnnotatorLoadError):  # a fault of the set-up: one line, not a traceback
+            raise BuildError(str(err)) from None
+        raise
+    else:
+        writer.close()
+    finally:
+        skip_log.close()
+        write_card()
+    return BuildResult(
+        output=output,
+        rows=finished.rows + state.rows,
+        skipped=skipped_before + state.skipped,
+        rows_added=state.rows,
+        skipped_added=state.skipped,
+        seconds=time.perf_counter() - started,
+        skip_kinds=dict(kinds),
+    )
+
+

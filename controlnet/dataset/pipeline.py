@@ -1,0 +1,216 @@
+"""One input to one row: read, decode, resize, annotate, encode; or a skip with its reason.
+
+A :class:`Pipeline` is made once per worker process from the build's annotator specs. It loads the
+annotators up front (``load_all``): a backend that cannot load is a fault of the set-up, raised as
+one :class:`AnnotatorLoadError`, never a per-image skip. An image that an annotator fails on is
+skipped with the annotator's message; the others in its batch go on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+import annotators
+from annotators.base import Annotation, Annotator, AnnotatorConfig
+from annotators.image import ImageError, decode_image_info, encode_png, resize_image, resized_size
+from controlnet.dataset.layout import Layout
+from controlnet.dataset.sources import SourceItem
+
+__all__ = ["AnnotatorLoadError", "Pipeline", "Prepared", "Row", "Skip", "skip_kind"]
+
+#: Source formats whose bytes are stored unchanged when no resize is needed; others become PNG.
+KEPT_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+JPEG_QUALITY = 95
+
+
+class AnnotatorLoadError(RuntimeError):
+    """An annotator's backend (weights, model, graph) cannot load: the build stops with this line."""
+
+
+@dataclass
+class Skip:
+    file_name: str
+    path: str | None
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        return skip_kind(self.reason)
+
+
+@dataclass
+class Prepared:
+    item: SourceItem
+    pixels: np.ndarray
+    image: bytes
+
+
+@dataclass
+class Row:
+    file_name: str
+    caption: str
+    image: bytes
+    width: int
+    height: int
+    maps: list[bytes]  # one PNG per annotator, in order
+    data: list[Any]  # one encoded value per data column of the layout
+    tallies: list[Counter[str]]  # the card statistics each data column adds
+
+
+_SKIP_KINDS = (
+    ("cannot read", "unreadable"),
+    ("empty file", "empty"),
+    ("not an image", "not an image"),
+    ("unsupported", "not an image"),
+    ("too large", "too large"),
+    ("corrupt", "corrupt"),
+    ("keypoints", "too few keypoints"),
+    ("failed", "annotator error"),
+)
+
+
+def skip_kind(reason: str) -> str:
+    """A short category of a skip reason, for summaries."""
+    return next((kind for marker, kind in _SKIP_KINDS if marker in reason), "other")
+
+
+def _encode_image(pixels: np.ndarray, source_format: str) -> bytes:
+    """A resized (or converted) input image: JPEG stays JPEG (quality 95), anything else PNG."""
+    if source_format == "JPEG":
+        ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        return buffer.tobytes()
+    return encode_png(pixels)
+
+
+class Pipeline:
+    """The work done for each image; one instance per worker process, annotators loaded once."""
+
+    def __init__(
+        self,
+        specs: tuple[tuple[str, AnnotatorConfig], ...],
+        filters: tuple[AnnotatorConfig, ...],
+        resolution: int | None,
+        max_pixels: int,
+        load_annotators: bool = True,
+    ) -> None:
+        self.resolution = resolution
+        self.max_pixels = max_pixels
+        classes = [annotators.get_class(name) for name, _ in specs]
+        self.layout = Layout.of([(name, cls.data_kind) for (name, _), cls in zip(specs, classes)])
+        self.filters = {column.name: next((f for f in filters if column.kind.Filters and isinstance(f, column.kind.Filters)), None) for column in self.layout.data_columns}
+        self.annotators: list[Annotator] = [cls(config) for cls, (_, config) in zip(classes, specs)] if load_annotators else []
+        self._loaded = False
+
+    def load_all(self) -> None:
+        """Load every annotator's backend now; raises :class:`AnnotatorLoadError` naming the one that
+        cannot load (missing or corrupt weights, a graph that does not build)."""
+        if self._loaded:
+            return
+        for annotator in self.annotators:
+            try:
+                annotator.load()
+            except Exception as err:
+                message = " ".join(str(err).split()) or type(err).__name__
+                raise AnnotatorLoadError(f"{annotator.name}: cannot load: {message}") from None
+        self._loaded = True
+
+    def prepare(self, item: SourceItem) -> Prepared | Skip:
+        """Read, decode and resize one input, and the bytes of the ``image`` column."""
+        source = item.path or item.file_name
+        data = item.data
+        try:
+            if data is None:
+                try:
+                    data = Path(item.path or "").read_bytes()
+                except OSError as err:
+                    raise ImageError(source, f"cannot read file ({err.strerror or err})") from None
+            decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels)
+            pixels = decoded.pixels
+            if self.resolution is not None:
+                height, width = resized_size(pixels.shape[0], pixels.shape[1], self.resolution)
+                if height * width > self.max_pixels:  # e.g. a 20000x20 strip, whose short side goes to 512
+                    raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
+                pixels = resize_image(pixels, self.resolution)
+            if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
+                image = data  # nothing changed: keep the file as it is, with no re-encoding
+            else:
+                image = _encode_image(pixels, decoded.format)
+        except ImageError as err:
+            return Skip(item.file_name, item.path, err.reason)
+        except (cv2.error, ValueError, MemoryError) as err:  # e.g. an unusable size: skip it, go on
+            return Skip(item.file_name, item.path, f"corrupt or unusable image ({type(err).__name__}: {err})")
+        return Prepared(item, pixels, image)
+
+    def _annotate_all(self, annotator: Annotator, images: list[np.ndarray]) -> list[Annotation | str]:
+        """Annotations, or an error message for the images the annotator fails on."""
+        try:
+            return list(annotator.annotate(images, single_channel=True))
+        except Exception:  # find which images fail, so that one bad image does not sink a batch
+            results: list[Annotation | str] = []
+            for image in images:
+                try:
+                    results.append(annotator.annotate([image], single_channel=True)[0])
+                except Exception as err:
+                    results.append(f"annotator {annotator.name} failed ({type(err).__name__}: {err})")
+            return results
+
+    def _row(self, entry: Prepared, annotations: list[Annotation]) -> Row | Skip:
+        item = entry.item
+        height, width = entry.pixels.shape[:2]
+        wrong = next((a.name for a, r in zip(self.annotators, annotations) if r.map.shape[:2] != (height, width)), None)
+        if wrong is not None:
+            return Skip(item.file_name, item.path, f"annotator {wrong} failed (its map is not the image's size)")
+        found = {a.name: r.data for a, r in zip(self.annotators, annotations)}
+        data, tallies = [], []
+        for column in self.layout.data_columns:
+            value = found[column.annotator]
+            reason = column.kind.reject(value, self.filters[column.name])
+            if reason is not None:
+                return Skip(item.file_name, item.path, reason)
+            try:
+                data.append(column.kind.encode(value))
+            except (TypeError, ValueError) as err:
+                return Skip(item.file_name, item.path, f"annotator {column.annotator} failed (its {column.kind.name} data cannot be stored: {err})")
+            tallies.append(column.kind.tally(value))
+        return Row(
+            file_name=item.file_name,
+            caption=item.caption,
+            image=entry.image,
+            width=width,
+            height=height,
+            maps=[encode_png(r.map, grayscale=a.grayscale) for a, r in zip(self.annotators, annotations)],
+            data=data,
+            tallies=tallies,
+        )
+
+    def annotate(self, prepared: list[Prepared | Skip]) -> list[Row | Skip]:
+        """Condition maps (PNG) and structured data for each prepared image; skips pass through."""
+        ready = [p for p in prepared if isinstance(p, Prepared)]
+        if not ready:
+            return list(prepared)  # type: ignore[arg-type]
+        self.load_all()
+        per_annotator = [self._annotate_all(a, [p.pixels for p in ready]) for a in self.annotators]
+        finished: dict[int, Row | Skip] = {}
+        for index, entry in enumerate(ready):
+            results = [column[index] for column in per_annotator]
+            failure = next((r for r in results if isinstance(r, str)), None)
+            if failure is not None:
+                finished[id(entry)] = Skip(entry.item.file_name, entry.item.path, failure)
+            else:
+                finished[id(entry)] = self._row(entry, results)  # type: ignore[arg-type]
+        return [finished[id(p)] if isinstance(p, Prepared) else p for p in prepared]
+
+    def process(self, chunk: list[SourceItem]) -> list[Row | Skip]:
+        if any(a.preferred_batch_size > 1 for a in self.annotators):
+            return self.annotate([self.prepare(item) for item in chunk])
+        # Nothing gains from a batch: take each image through every stage while its pixels are still
+        # in the CPU cache (measured about 3% faster than stage by stage over the chunk).
+        return [self.annotate([self.prepare(item)])[0] for item in chunk]

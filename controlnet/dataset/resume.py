@@ -1,0 +1,113 @@
+"""Starting or resuming a build in an output folder: the identity check, and what is already done.
+
+A folder is new, empty, or a build of the same identity (``build.json``); anything else is refused
+unless ``overwrite``. Resuming reads the ``file_name``s of the finished (renamed) shards, so no
+input is done twice or lost, and the statistics the card shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controlnet.dataset.config import BuildError
+from controlnet.dataset.layout import (
+    BUILD_FILE,
+    DATA_DIR,
+    OWN_ENTRIES,
+    SHARD_PREFIX,
+    Layout,
+    shard_index,
+    shard_paths,
+    temporary_shard_paths,
+)
+
+__all__ = ["FinishedState", "finished_state", "prepare_output"]
+
+PREVIEW_ROWS = 5
+
+
+def _describe_change(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    changes = []
+    for key in list(dict.fromkeys([*before, *after])):
+        old, new = before.get(key, "(none)"), after.get(key, "(none)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _describe_change(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def _clear(output: Path) -> None:
+    """Remove what a build wrote (and only that)."""
+    for name in OWN_ENTRIES:
+        (output / name).unlink(missing_ok=True)
+    data = output / DATA_DIR
+    if data.is_dir():
+        for path in data.iterdir():
+            if path.name.startswith((SHARD_PREFIX, f".{SHARD_PREFIX}")):
+                path.unlink()
+        if not any(data.iterdir()):
+            data.rmdir()
+
+
+def prepare_output(output: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Check that ``output`` is new, empty, or a build of the same identity (refused otherwise,
+    unless ``overwrite``), and record the identity there."""
+    build_file = output / BUILD_FILE
+    if output.exists() and not output.is_dir():
+        raise BuildError(f"{output} is a file; the output of a dataset build is a folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not build_file.is_file():
+            raise BuildError(f"{output} is not empty and holds no cn-annotate dataset ({BUILD_FILE} is missing); choose a new or empty folder")
+        try:
+            previous = json.loads(build_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise BuildError(f"{build_file} cannot be read ({err}); use --overwrite to start again") from None
+        if overwrite:
+            _clear(output)
+        elif previous != identity:
+            changes = "; ".join(_describe_change(previous, identity))
+            raise BuildError(f"{output} was built with other settings ({changes}). Use --overwrite to replace it, or choose another output folder")
+    (output / DATA_DIR).mkdir(parents=True, exist_ok=True)
+    tmp = output / f".{BUILD_FILE}.tmp"
+    tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, build_file)
+
+
+@dataclass
+class FinishedState:
+    """What the finished shards hold: file names, rows, the data columns' summed card statistics,
+    the next shard's index and a few preview rows."""
+
+    done: set[str] = field(default_factory=set)
+    rows: int = 0
+    tallies: dict[str, Counter[str]] = field(default_factory=dict)
+    next_index: int = 0
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+
+def finished_state(output: Path, layout: Layout) -> FinishedState:
+    """Read the finished shards; temporary files of an interrupted shard are removed."""
+    import pyarrow.parquet as pq
+
+    for stale in temporary_shard_paths(output):
+        stale.unlink()
+    state = FinishedState(tallies={column.name: Counter() for column in layout.data_columns})
+    preview_columns = ["file_name", "text", "width", "height"]
+    for path in shard_paths(output):
+        table = pq.read_table(path, columns=[*preview_columns, *(c.name for c in layout.data_columns)])
+        names = table.column("file_name").to_pylist()
+        state.done.update(names)
+        state.rows += len(names)
+        for column in layout.data_columns:
+            for value in table.column(column.name).to_pylist():
+                state.tallies[column.name].update(column.kind.tally(column.kind.decode(value)))
+        if len(state.preview) < PREVIEW_ROWS:
+            state.preview += table.select(preview_columns).slice(0, PREVIEW_ROWS - len(state.preview)).to_pylist()
+        state.next_index = max(state.next_index, shard_index(path) + 1)
+    return state
