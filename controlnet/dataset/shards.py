@@ -65,7 +65,7 @@ class ShardWriter:
             path_array = pa.array(paths, pa.string()) if paths is not None else pa.nulls(len(data), pa.string())
             return pa.StructArray.from_arrays([pa.array(data, pa.binary()), path_array], names=["bytes", "path"])
 
-        columns: dict[str, Any] = {"image": image_column([r.image for r in rows], file_names)}
+        columns: dict[str, Any] = {"image": image_column([r.image for r in rows], [r.image_name for r in rows])}
         for position, name in enumerate(self.layout.condition_columns):
             source = 0 if position == 0 else position - 1
             columns[name] = image_column([r.maps[source] for r in rows], None)
