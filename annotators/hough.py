@@ -12,8 +12,9 @@ LSD's a-contrario validation, the number of false alarms (NFA), which OpenCV com
 in texture, and on some textured photographs (scikit-image's brick and motorcycle_right, at 512
 pixels) takes seconds where the standard refinement takes hundredths. ``bench/hough.py`` compares
 the two on scikit-image's 20 photographs: the standard map holds at least 99.7% of the advanced
-map's drawn pixels (within 1 px) and all its segments of 64 px or more, plus 6% more drawn pixels
-on average (27% at worst) that the NFA test would have dropped. With ``refine="advanced"``,
+map's drawn pixels (within 1 px) and all its segments of 64 px or more; 6% of its own drawn
+pixels on average (27% at worst, one of hubble_deep_field's 4 segments) are segments the NFA test
+would have dropped. With ``refine="advanced"``,
 ``min_score`` also drops segments scoring below it, in -log10(NFA).
 """
 
