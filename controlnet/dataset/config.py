@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,7 @@ class BuildConfig:
     image_column: str | None = param(None, "image column of a dataset input (default: image)")
     caption_column: str | None = param(None, "caption column of a dataset input (default: text, if present)")
     split: str = param("train", "split of a dataset input")
+    revision: str | None = param(None, "branch, tag or commit of a Hub dataset input (default: the latest commit, which is recorded)")
     workers: int = param(0, "worker processes (0: one per core)", ge=0, runtime=True)
     batch_size: int | None = param(None, "images per task (default: the annotators' preferred batch, else 8)", ge=1, runtime=True)
     shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
@@ -76,6 +78,7 @@ class BuildConfig:
     )
     jpeg_quality: int = param(95, "quality of the JPEG images written", ge=1, le=100)
     overwrite: bool = param(False, "replace an output folder built with other settings", runtime=True)
+    license: str | None = param(None, "licence of the images, as a Hub licence id (e.g. cc-by-4.0, other); shown in the card", runtime=True)
     central: bool | None = field(default=None)  # one annotating process; None: when an annotator runs on an accelerator
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class BuildConfig:
                 raise ValueError(f"{f.name} must be at most {meta['le']}, got {value}")
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        if self.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):
+            raise ValueError(f"license must be a Hub licence id such as cc-by-4.0, mit or other, got {self.license!r}")
         if self.workers == 0:
             object.__setattr__(self, "workers", default_workers())
         for config in self.filters:

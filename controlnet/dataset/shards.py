@@ -140,7 +140,8 @@ class SkipLog:
         return Counter(skip_kind(record["reason"]) for record in self.records)
 
     def add(self, skip: Skip) -> None:
-        self.handle.write(json.dumps({"file_name": skip.file_name, "path": skip.path, "reason": skip.reason}) + "\n")
+        # file_name is relative to the input; the local path is left out, as the log is published with the dataset
+        self.handle.write(json.dumps({"file_name": skip.file_name, "reason": skip.reason}) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
