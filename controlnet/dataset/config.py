@@ -72,8 +72,8 @@ class BuildConfig:
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
     image_format: str = param(
         "auto",
-        "format of the images that must be re-encoded (resized, rotated, other formats); auto: "
-        "JPEG for JPEG sources, PNG for the rest; png and webp are lossless",
+        "format of re-encoded images (resized, rotated, not JPEG/PNG/WebP); auto: JPEG for JPEG "
+        "sources, else PNG; png and webp are lossless",
         choices=("auto", *IMAGE_ENCODINGS),
     )
     jpeg_quality: int = param(95, "quality of the JPEG images written", ge=1, le=100)
