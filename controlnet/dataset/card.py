@@ -166,9 +166,11 @@ def render_card(info: CardInfo, dataset_id: str = "path/to/dataset") -> str:
         "",
         f"# ControlNet training pairs: {names}",
         "",
-        f"Made with cn-annotate from {source_description(info.identity.get('input', {}))}: each image is paired with "
-        f"the condition map of {names}. The columns are the defaults of diffusers' `train_controlnet.py`, so it "
-        "trains on this dataset as it is:",
+        (
+            f"Made with cn-annotate from {source_description(info.identity.get('input', {}))}: each image is paired with "
+            f"the condition map of {names}. The columns are the defaults of diffusers' `train_controlnet.py`, so it "
+            "trains on this dataset as it is:"
+        ),
         "",
         "```python",
         "from datasets import load_dataset",
@@ -261,11 +263,12 @@ def set_repo_id(output: Path, repo_id: str) -> None:
 
 def previous_license(output: Path) -> str | None:
     """The licence an earlier run of this build wrote in the card, so that a resumed run keeps it."""
+    import yaml
     from huggingface_hub.repocard import metadata_load
 
     try:
         found = (metadata_load(output / CARD_FILE) or {}).get("license")
-    except Exception:  # no card yet, or one that does not parse: nothing to keep
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # no card yet, or one that does not parse
         return None
     return found if isinstance(found, str) and found != "unknown" else None
 
