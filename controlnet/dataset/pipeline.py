@@ -169,7 +169,7 @@ class Pipeline:
                 # Nothing changed: keep the file as it is. A reader decodes the pixels decoded here
                 # (the JPEG fast path is bit-identical to Pillow's decoder).
                 return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format))
-            fmt = self.image_format if self.image_format != "auto" else "jpeg" if decoded.format == "JPEG" else "png"
+            fmt = self.image_format if self.image_format != "auto" else "jpeg" if decoded.format in ("JPEG", "MPO") else "png"
             image = encode_image(pixels, fmt, quality=self.jpeg_quality, grayscale=decoded.gray)
             if fmt not in LOSSLESS_ENCODINGS:  # annotate what the stored bytes decode to, not what was encoded
                 pixels = decode_image(image, source=source)
