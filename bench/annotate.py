@@ -233,7 +233,7 @@ def pairs_agree(output: Path) -> tuple[int, int, float]:
     return agree, total, float(np.mean(scores)) if scores else 1.0
 
 
-def seconds(run: dict[str, float]) -> float:
+def run_seconds(run: dict[str, float]) -> float:
     return run["seconds"]
 
 
@@ -272,8 +272,8 @@ def main() -> None:
             bare = min(bare, bare_loop(paths))
             stored = min(stored, bare_loop(paths, store_resized=True))
             parallel = min(parallel, parallel_stored_loops(paths, args.workers))
-            one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=seconds)
-            many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=seconds)
+            one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=run_seconds)
+            many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=run_seconds)
             if old is not None and photographs is not None:
                 runs = {
                     "canny, previous": cn_annotate(photos, workdir / "old-canny", 1, src=old),
@@ -283,7 +283,7 @@ def main() -> None:
                     "hough, now": cn_annotate(photographs, workdir / "new-hough", 1, "hough"),
                 }
                 for name, run in runs.items():
-                    versus[name] = min(versus.get(name, {"seconds": float("inf")}), run, key=seconds)
+                    versus[name] = min(versus.get(name, {"seconds": float("inf")}), run, key=run_seconds)
         rows.append(("bare loop (cv2)", len(paths), bare, None))
         rows.append(("bare loop + JPEG of resized photo", len(paths), stored, None))
         rows.append((f"{args.workers} of those in parallel", len(paths), parallel, None))
