@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,15 @@ def local_path_files(output: Path) -> list[str]:
 
     from controlnet.dataset.layout import shard_paths
 
-    markers = {str(output.resolve().parent), str(Path.home())} - {"/", ""}
+    places = {str(output.resolve().parent), str(Path.home())} - {"/", ""}
+    # a place as a whole path or path prefix, not inside a word or a URL (/data vs huggingface.co/datasets)
+    marker = re.compile("|".join(rf"(?<![\w.:/-]){re.escape(place)}(?![\w.-])" for place in sorted(places)))
     found = []
     for path in sorted(p for p in output.iterdir() if p.is_file() and not p.name.startswith(".")):
         if path.suffix not in _TEXT_SUFFIXES:
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
-        if any(marker in text for marker in markers):
+        if places and marker.search(text):
             found.append(path.name)
         elif path.suffix in (".json", ".jsonl"):
             try:

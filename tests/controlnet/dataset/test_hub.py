@@ -142,5 +142,7 @@ def test_hub_input_is_read_at_one_commit_named_in_identity_and_card(tmp_path: Pa
     assert calls[-1]["revision"] == identity["revision"]  # the rows come from that commit
     card = (tmp_path / "ds" / "README.md").read_text()
     assert "the Hub dataset [`someone/photos`](https://huggingface.co/datasets/someone/photos) at commit `0123456789abcdef0123456789abcdef01234567`" in card
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: Path("/data")))  # a home that prefixes the card's Hub URL
+    assert local_path_files(tmp_path / "ds") == []
     _build("someone/photos", tmp_path / "pinned", revision="v1")  # type: ignore[arg-type]
     assert json.loads((tmp_path / "pinned" / "build.json").read_text())["input"]["revision"].startswith("fedcba")
