@@ -94,7 +94,7 @@ class Command(TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
-                name = param.display_name_raw + ("..." if param.nargs != 1 else "")
+                name = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
                 pieces.append(name if param.required else f"[{name}]")
             else:
                 pieces.extend(param.get_usage_pieces(ctx))
