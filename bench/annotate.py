@@ -23,7 +23,8 @@ temporary folder. Compared in one run, on the same photos:
 
 With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
 multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
-resized photos, which the bare loops do not do.
+resized photos, which the bare loops do not do. With ``--baseline REV`` the builder of that git
+revision runs too, interleaved with ours on the same photos, and the ratio of their times is printed.
 
 The machine may be shared, so the bare loop and both builder runs are repeated, interleaved,
 ``--repeat`` times (default 3) and each keeps its best time; the controlnet_aux-style loop, which is
@@ -60,8 +61,13 @@ from controlnet.dataset.build import default_workers
 RESOLUTION = 512
 
 _RUNNER = """
-import json, resource, sys, time
-import cli.annotate, controlnet.dataset.build, controlnet.dataset.card, controlnet.dataset.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+import importlib, json, resource, sys, time
+import cli.annotate, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+for name in ("controlnet.dataset.build", "controlnet.dataset.card", "controlnet.build", "controlnet.card", "controlnet.sources"):
+    try:  # the builder's modules, under this checkout's or a baseline's layout
+        importlib.import_module(name)
+    except ImportError:
+        pass
 sys.argv = ["cn-annotate", *json.loads(sys.argv[1])]
 start = time.perf_counter()
 try:
@@ -165,11 +171,13 @@ def pose_loop(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny") -> dict[str, float]:
+def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny", repo: Path = REPO) -> dict[str, float]:
+    """One ``cn-annotate`` run in a fresh process, with the code of ``repo`` (this checkout, or a
+    baseline's worktree)."""
     shutil.rmtree(output, ignore_errors=True)
     args = [annotator, str(folder), "-o", str(output), "--workers", str(workers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(repo), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=repo, env=env, capture_output=True, text=True)
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if done.returncode != 0 or line is None:
         raise SystemExit(f"cn-annotate failed:\n{done.stdout}\n{done.stderr}")
@@ -177,6 +185,14 @@ def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "cann
     if result["code"] != 0:
         raise SystemExit(f"cn-annotate exited with {result['code']}:\n{done.stdout}\n{done.stderr}")
     return result
+
+
+def _baseline_checkout(workdir: Path, revision: str) -> Path:
+    """A detached worktree of ``revision`` in ``workdir`` (made once), to run its cn-annotate."""
+    target = workdir / "baseline"
+    if not target.is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(target), revision], check=True, capture_output=True)
+    return target
 
 
 def main() -> None:
@@ -188,6 +204,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timed variant; the best counts")
     parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
     parser.add_argument("--pose-images", type=int, default=100, help="photos in the mediapipe_pose comparison (0: skip it)")
+    parser.add_argument("--baseline", default=None, help="a git revision whose cn-annotate runs too, interleaved, for 'vs baseline' ratios")
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
@@ -202,7 +219,13 @@ def main() -> None:
         bare = stored = parallel = float("inf")
         one: dict[str, float] = {"seconds": float("inf")}
         many: dict[str, float] = {"seconds": float("inf")}
+        baseline = _baseline_checkout(workdir, args.baseline) if args.baseline else None
+        base_one: dict[str, float] = {"seconds": float("inf")}
+        base_many: dict[str, float] = {"seconds": float("inf")}
         for _ in range(args.repeat):  # interleaved, so that a busy spell on a shared machine hits all alike
+            if baseline is not None:
+                base_one = min(base_one, cn_annotate(photos, workdir / "base-1", 1, repo=baseline), key=lambda run: run["seconds"])
+                base_many = min(base_many, cn_annotate(photos, workdir / f"base-{args.workers}", args.workers, repo=baseline), key=lambda run: run["seconds"])
             bare = min(bare, bare_loop(paths))
             stored = min(stored, bare_loop(paths, store_resized=True))
             parallel = min(parallel, parallel_stored_loops(paths, args.workers))
@@ -214,6 +237,9 @@ def main() -> None:
         rows.append(("controlnet_aux style loop", len(paths), aux_style_loop(paths), None))
         rows.append(("cn-annotate canny, 1 worker", len(paths), one["seconds"], one))
         rows.append((f"cn-annotate canny, {args.workers} workers", len(paths), many["seconds"], many))
+        if baseline is not None:
+            rows.append((f"{args.baseline[:10]} canny, 1 worker", len(paths), base_one["seconds"], base_one))
+            rows.append((f"{args.baseline[:10]} canny, {args.workers} workers", len(paths), base_many["seconds"], base_many))
         pose_rows = []
         if args.pose_images:
             pose_photos = workdir / f"{kind}-pose-{args.pose_images}"
@@ -255,12 +281,16 @@ def main() -> None:
         ratio_many = (len(paths) / many["seconds"]) / bare_rate
         print(f"1 worker vs bare loop: {ratio_one:.2f}x (target >= 0.9x)")
         print(f"{args.workers} workers vs bare loop: {ratio_many:.2f}x" + (" (target >= 1.6x with 2 workers)" if args.workers == 2 else ""))
+        if baseline is not None:
+            print(f"vs {args.baseline}: 1 worker {base_one['seconds'] / one['seconds']:.2f}x, {args.workers} workers {base_many['seconds'] / many['seconds']:.2f}x (its time / ours; above 1 is faster now)")
         if large is not None:
             for key, label in (("main_rss_kb", "main process"), ("worker_rss_kb", "largest worker")):
                 if many[key] and large[key]:
                     growth = large[key] / many[key] - 1
                     print(f"peak RSS, {label}: {many[key] / 1024:.0f} MiB at {len(paths)} images, {large[key] / 1024:.0f} MiB at {args.large} ({growth:+.1%}, target within 10%)")
     finally:
+        if args.baseline:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(workdir / "baseline")], capture_output=True)
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
