@@ -68,6 +68,8 @@ _BUILTIN: dict[str, str] = {
     "normal_bae": "annotators.normalbae:NormalBae",
     "openpose": "annotators.openpose:OpenPose",
     "openpose_hand": "annotators.openpose:OpenPoseHand",
+    "dw_openpose_full": "annotators.dwpose:DWOpenPoseFull",
+    "dw_openpose": "annotators.dwpose:DWOpenPose",
     "mediapipe_pose": "annotators.mediapipe:MediaPipePose",
     "mediapipe_hands": "annotators.mediapipe:MediaPipeHands",
     "mediapipe_face": "annotators.mediapipe:MediaPipeFace",
