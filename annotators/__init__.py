@@ -63,6 +63,7 @@ _BUILTIN: dict[str, str] = {
     "softedge_pidinet": "annotators.pidinet:SoftEdgePiDiNet",
     "softedge_pidisafe": "annotators.pidinet:SoftEdgePiDiNetSafe",
     "scribble_pidinet": "annotators.pidinet:ScribblePiDiNet",
+    "softedge_teed": "annotators.teed:SoftEdgeTEED",
     "depth_midas": "annotators.midas:MidasDepth",
     "normal_midas": "annotators.midas:MidasNormal",
     "normal_bae": "annotators.normalbae:NormalBae",
