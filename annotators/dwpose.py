@@ -454,23 +454,28 @@ class _DWPose(Annotator):
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
         padded = [pad_to_64(image) for image in images]
+        if self.config.device == "cpu":
+            # Image by image, start to finish: its crops run together and nothing waits in memory.
+            people = [self.keypoints([image])[0] for image in padded]
+        else:
+            people = self.keypoints(padded)
+        return [self._result(image, padded_image, found) for image, padded_image, found in zip(images, padded, people)]
+
+    def keypoints(self, padded: list[np.ndarray]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per padded image, per person found, the (133, 2) image keypoints and (133,) scores; the
+        crops of all the images share the pose model's runs."""
         jobs = []  # (image index, center, scale, crop) per person
         for index, image in enumerate(padded):
             boxes = self.detect_people(image)
             for box in boxes if boxes is not None else ():
                 crop, _, center, scale = crop_person(image, box)
                 jobs.append((index, center, scale, crop))
-        # On the CPU each image's crops run alone; elsewhere the call's crops share the runs.
-        groups = [[j for j in jobs if j[0] == i] for i in range(len(images))] if self.config.device == "cpu" else [jobs]
-        per_image: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in images]  # (keypoints, scores)
-        for group in groups:
-            if not group:
-                continue
-            simcc_x, simcc_y = self.simcc([j[3] for j in group])
-            locations, scores = decode_simcc(simcc_x, simcc_y)
-            for (index, center, scale, _), location, score in zip(group, locations, scores):
-                per_image[index].append((to_image_coordinates(location, center, scale), score))
-        return [self._result(image, padded_image, people) for image, padded_image, people in zip(images, padded, per_image)]
+        found: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in padded]
+        if jobs:
+            locations, scores = decode_simcc(*self.simcc([job[3] for job in jobs]))
+            for (index, center, scale, _), location, score in zip(jobs, locations, scores):
+                found[index].append((to_image_coordinates(location, center, scale), score))
+        return found
 
     def _result(self, image: np.ndarray, padded: np.ndarray, people: list[tuple[np.ndarray, np.ndarray]]) -> Annotation:
         height, width = image.shape[:2]
