@@ -63,7 +63,7 @@ class SoftEdgeTEED(NeuralAnnotator):
     description = "TEED soft edges (sd-webui softedge_teed, 'safe' quantised by default), tiny 58K-parameter network"
     Config: ClassVar[type[TEEDConfig]] = TEEDConfig
     weights = Weights(
-        license="MIT (xavysp/TEED); the Hub mirror sd-webui uses (bdsqlsz/qinglong_controlnet-lllite) is labelled CC-BY-NC-SA-4.0",
+        license="MIT (xavysp/TEED; the Hub mirror sd-webui uses is labelled CC-BY-NC-SA-4.0)",
         files=(WeightFile("7_model.pth", "annotators.nets.teed:remap_teed_checkpoint", subfolder="Annotators"),),
         repo_id="bdsqlsz/qinglong_controlnet-lllite",
     )
