@@ -236,6 +236,29 @@ def test_mixed_batch_equals_one_by_one(full: dwpose.DWOpenPoseFull) -> None:
         assert result.data == alone.data
 
 
+def test_accelerator_path_shares_pose_runs_across_images(folder: Path, full: dwpose.DWOpenPoseFull, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path's grouping, run on the CPU provider: the crops of all images (two people each)
+    go through the pose model in runs of ``batch_size``, and each image gets its own people back."""
+    annotator = annotators.create("dw_openpose_full", weights=str(folder), device="cuda", batch_size=4)
+    monkeypatch.setattr(annotator, "_providers", lambda: ["CPUExecutionProvider"])
+    runs: list[tuple[int, ...]] = []
+
+    def recording_run(session, batch: np.ndarray) -> list[np.ndarray]:
+        runs.append(batch.shape)
+        return dwpose._DWPose._run(session, batch)
+
+    monkeypatch.setattr(annotator, "_run", recording_run)
+    images = [DW.input_rgb, np.ascontiguousarray(DW.input_rgb[:, ::-1]), np.ascontiguousarray(DW.input_rgb[40:240, 100:400])]
+    batched = annotator.annotate(images)
+    assert [shape[0] for shape in runs if len(shape) == 4 and shape[2:] == (384, 288)] == [4, 2]
+    assert sum(1 for shape in runs if shape[2:] == (640, 640)) == 3
+    for image, result in zip(images, batched):
+        (alone,) = full.annotate([image])
+        np.testing.assert_array_equal(result.map, alone.map)
+        for ours, theirs in zip(result.data["people"], alone.data["people"], strict=True):
+            np.testing.assert_allclose(ours["pose_keypoints_2d"], theirs["pose_keypoints_2d"], atol=1e-5)
+
+
 def test_sessions_are_made_on_load_and_not_pickled(folder: Path) -> None:
     annotator = annotators.create("dw_openpose_full", weights=str(folder))
     assert annotator._sessions is None  # the constructor touches nothing
