@@ -390,7 +390,7 @@ class _DWPose(Annotator):
         providers = self._providers()
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as err:  # onnxruntime's own types (InvalidProtobuf, InvalidGraph, Fail, ...) derive from Exception
+        except Exception as err:  # noqa: BLE001 (onnxruntime's error types, InvalidProtobuf, InvalidGraph, Fail..., derive from Exception)
             detail = (str(err).strip().splitlines() or [""])[0].replace(str(path), path.name)
             raise ValueError(f"{path.name}: cannot load the ONNX graph ({type(err).__name__}: {detail})") from None
         found = (len(session.get_inputs()), len(session.get_outputs()))
@@ -401,6 +401,9 @@ class _DWPose(Annotator):
     def load(self) -> Self:
         """Find the two ONNX graphs and make their onnxruntime sessions now (otherwise on first call)."""
         if self._sessions is None:
+            if self.config.weights and Path(self.config.weights).is_file():
+                names = " and ".join(f.name for f in self.weights.files)
+                raise ValueError(f"{self.name}: weights= must be a folder holding {names}, not one file")
             detector, pose = self.weights.locate(self.config.weights)
             self._sessions = (self._session(detector, 1), self._session(pose, 2))
         return self
@@ -489,10 +492,9 @@ class _DWPose(Annotator):
             persons = people_from_keypoints(ordered, neck, threshold, hands_and_face=self.hands_and_face, feet=self.config.feet)
         canvas = np.zeros_like(padded)
         canvas = draw_people_in_turn(canvas, persons, hands=self.hands_and_face, face=self.hands_and_face, scale=(1.0, 1.0))
-        pixels_to_unit = np.array([1.0 / width, 1.0 / height, 1.0])
+        size = np.array([width, height, 1.0])
         normalised = [
-            Person(*(None if part is None else part * pixels_to_unit for part in (p.body, p.left_hand, p.right_hand, p.face)))
-            for p in persons
+            Person(*(None if part is None else part / size for part in (p.body, p.left_hand, p.right_hand, p.face))) for p in persons
         ]
         return Annotation(np.ascontiguousarray(canvas[:height, :width]), PoseResult(width, height, normalised).to_json())
 

@@ -73,19 +73,21 @@ class UpsampleLevel(nn.Module):
         return self.upsample(smish(self.project(x)))
 
 
+# An upsampling head's hidden channels; its kernels are 2**levels at every level, with the padding
+# that makes each level exactly x2.
+_UPSAMPLE_HIDDEN = 16
+_UPSAMPLE_PADDING = {1: 0, 2: 1}
+
+
 class UpsampleHead(nn.Module):
     """``levels`` doublings of a block's features down to a one-channel map."""
-
-    _HIDDEN = 16
-    # Kernel 2**levels for every level of a head, and the padding that makes each level exactly x2.
-    _PADDING = {1: 0, 2: 1}
 
     def __init__(self, in_channels: int, levels: int) -> None:
         super().__init__()
         layers = []
         for level in range(levels):
-            channels = 1 if level == levels - 1 else self._HIDDEN
-            layers.append(UpsampleLevel(in_channels, channels, 2**levels, self._PADDING[levels]))
+            channels = 1 if level == levels - 1 else _UPSAMPLE_HIDDEN
+            layers.append(UpsampleLevel(in_channels, channels, 2**levels, _UPSAMPLE_PADDING[levels]))
             in_channels = channels
         self.levels = nn.Sequential(*layers)
 

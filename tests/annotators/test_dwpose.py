@@ -299,6 +299,8 @@ def test_broken_or_swapped_graphs_are_named(tmp_path: Path, folder: Path) -> Non
     (swapped / "dw-ll_ucoco_384.onnx").write_bytes((folder / "yolox_l.onnx").read_bytes())
     with pytest.raises(ValueError, match=r"yolox_l\.onnx: expected an ONNX graph with 1 input and 1 output\(s\), got 1 and 2"):
         annotators.create("dw_openpose", weights=str(swapped)).load()
+    with pytest.raises(ValueError, match="must be a folder holding yolox_l.onnx and dw-ll_ucoco_384.onnx, not one file"):
+        annotators.create("dw_openpose", weights=str(folder / "yolox_l.onnx")).load()
 
 
 def test_cuda_without_cuda_onnxruntime_is_one_clear_error(folder: Path) -> None:
@@ -317,8 +319,9 @@ def test_cuda_without_cuda_onnxruntime_is_one_clear_error(folder: Path) -> None:
 
 def test_dataset_has_keypoints_and_min_keypoints_filters(tmp_path: Path, folder: Path) -> None:
     """The stand-in graphs find 16 + 16 body points on a black image and 16 + 17 on a white one."""
-    from controlnet.dataset.build import BuildConfig, build, shard_paths
     import pyarrow.parquet as pq
+
+    from controlnet.dataset.build import BuildConfig, build, shard_paths
 
     images = tmp_path / "images"
     images.mkdir()

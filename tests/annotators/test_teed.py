@@ -14,7 +14,12 @@ from torch import nn
 import annotators
 from annotators.nets.teed import TEED, remap_teed_checkpoint, smish
 from annotators.teed import SoftEdgeTEED, teed_map
-from annotators.weights import WEIGHTS_ENV, WeightsNotFoundError, load_checkpoint, load_strict
+from annotators.weights import (
+    WEIGHTS_ENV,
+    WeightsNotFoundError,
+    load_checkpoint,
+    load_strict,
+)
 from tests.parity import TEED_CHECKPOINT_KEYS
 
 FILE = "7_model.pth"
