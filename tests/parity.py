@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,6 +51,11 @@ class Case:
         from annotators.image import load_image
 
         return load_image(self.path / "input.png")
+
+    @cached_property
+    def index(self) -> dict[str, Any]:
+        """The case's entry in ``index.json`` (files, arrays, checkpoint names)."""
+        return json.loads((self.path.parent / "index.json").read_text())["cases"][self.name]
 
     @cached_property
     def checksums(self) -> list[list[Any]]:
@@ -98,7 +104,12 @@ def check_seeded(c: Case, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_published_checkpoint(c: Case, path: Path) -> Path:
-    """Write the seeded weights under the published checkpoint's key names and container."""
+    """Write the seeded weights under the published checkpoint's key names and container, or, for
+    a graph the case stores itself (DWPose's stand-in ONNX files), copy that file."""
+    if path.name in c.index.get("weights_stored", ()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(c.path / path.name, path)
+        return path
     import torch
 
     arrays = seeded_arrays(c.manifest)
@@ -169,10 +180,45 @@ def checkpoint_cases() -> dict[str, str]:
 FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
 
 
+def _conv(name: str, out: int, inp: int, k: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return (f"{name}.weight", (out, inp, k, k)), (f"{name}.bias", (out,))
+
+
+def _transposed(name: str, inp: int, out: int, k: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return (f"{name}.weight", (inp, out, k, k)), (f"{name}.bias", (out,))  # ConvTranspose2d: [in, out, k, k]
+
+
+# TEED's published checkpoint (7_model.pth, a bare state dict of the authors' TED module), written from
+# the architecture in the authors' names and state_dict order, independently of our module.
+TEED_CHECKPOINT_KEYS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    *_conv("block_1.conv1", 16, 3, 3), *_conv("block_1.conv2", 16, 16, 3),
+    *_conv("block_2.conv1", 32, 16, 3), *_conv("block_2.conv2", 32, 32, 3),
+    *_conv("dblock_3.denselayer1.conv1", 48, 32, 3), *_conv("dblock_3.denselayer1.conv2", 48, 48, 3),
+    *_conv("side_1.conv", 32, 16, 1), *_conv("pre_dense_3.conv", 48, 32, 1),
+    *_conv("up_block_1.features.0", 1, 16, 1), *_transposed("up_block_1.features.2", 1, 1, 2),
+    *_conv("up_block_2.features.0", 1, 32, 1), *_transposed("up_block_2.features.2", 1, 1, 2),
+    *_conv("up_block_3.features.0", 16, 48, 1), *_transposed("up_block_3.features.2", 16, 16, 4),
+    *_conv("up_block_3.features.3", 1, 16, 1), *_transposed("up_block_3.features.5", 1, 1, 4),
+    *_conv("block_cat.DWconv1", 24, 1, 3), *_conv("block_cat.DWconv2", 24, 1, 3),
+)  # fmt: skip
+
+
+def write_seeded_state_dict(keys: tuple[tuple[str, tuple[int, ...]], ...], path: Path) -> Path:
+    """The README's seeded rule (seed 0) over ``keys``, saved as a bare torch state dict."""
+    import torch
+
+    arrays = seeded_arrays({"seed": 0, "keys": [[key, list(shape), "float32"] for key, shape in keys]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in arrays.items()}, path)
+    return path
+
+
 #: Seeded stand-ins for weights that no parity case covers: a published file name (or a transformers
 #: model id) -> a function writing random weights of the right layout at the given path (a file, or
 #: a model folder). A new annotator adds its entry here, so the registry-wide tests cover it.
-SEEDED_WRITERS: dict[str, Callable[[Path], None]] = {}
+SEEDED_WRITERS: dict[str, Callable[[Path], object]] = {
+    "7_model.pth": lambda path: write_seeded_state_dict(TEED_CHECKPOINT_KEYS, path),
+}
 
 
 class SeededWeights:
