@@ -164,7 +164,9 @@ def ms_ssim(target: np.ndarray, predicted: np.ndarray) -> float:
         scales = 1
         while scales < len(MS_SSIM_WEIGHTS) and min(a.shape) // 2**scales >= _WINDOW:
             scales += 1
-        weights = np.asarray(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
+        weights = np.asarray(MS_SSIM_WEIGHTS[:scales])
+        if scales < len(MS_SSIM_WEIGHTS):  # the published five sum to 1.0001: used as they are
+            weights = weights / weights.sum()
         product = 1.0
         for level, weight in enumerate(weights):
             full, contrast = _ssim_and_contrast(a, b)

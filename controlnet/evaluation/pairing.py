@@ -126,6 +126,8 @@ def plan_evaluation(config: EvalConfig) -> Plan:
     if entries is not None and not entries:
         raise EvalError(f"{folder / MANIFEST_FILE}: the manifest lists no samples")
     dataset = config.dataset or next((e.dataset for e in entries or [] if e.dataset), None)
+    if entries is None and dataset is None:
+        raise EvalError(f"{folder} has no {MANIFEST_FILE}; give --dataset to pair its images with the dataset's rows by file name")
     split = config.split or next((e.split for e in entries or [] if e.split), None) or "train"
     notes: list[str] = []
     try:
@@ -168,10 +170,8 @@ def plan_evaluation(config: EvalConfig) -> Plan:
 
     if entries is not None:
         pairs, skipped = _manifest_pairs(entries, annotator, rows)
-    elif rows is not None:
-        pairs, skipped = _folder_pairs(folder, rows)
     else:
-        raise EvalError(f"{folder} has no {MANIFEST_FILE}; give --dataset to pair its images with the dataset's rows by file name")
+        pairs, skipped = _folder_pairs(folder, rows)
     if config.limit is not None:
         pairs = pairs[: config.limit]
     return Plan(annotator, params, params_from, dataset, split, rows, columns, pairs, skipped, notes)
