@@ -41,10 +41,10 @@ def load_build(dataset: str, revision: str | None = None) -> dict[str, Any] | No
 
         try:
             path = Path(hf_hub_download(dataset, BUILD_FILE, repo_type="dataset", revision=revision))
+        except (LocalEntryNotFoundError, RepositoryNotFoundError) as err:  # the first is an EntryNotFoundError too
+            raise DatasetReadError(f"dataset {dataset}: not a local folder, and not reachable on the Hub ({type(err).__name__})") from None
         except EntryNotFoundError:
             return None
-        except (LocalEntryNotFoundError, RepositoryNotFoundError) as err:
-            raise DatasetReadError(f"dataset {dataset}: not a local folder, and not reachable on the Hub ({type(err).__name__})") from None
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

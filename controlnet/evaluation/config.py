@@ -43,6 +43,11 @@ class EvalConfig(AnnotatorConfig):
     seed: int = param(0, "seed of the bootstrap resampling")
     worst: int = param(8, "samples on the contact sheet of the worst-following ones (0: no sheet)", ge=0, le=256)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "samples", Path(self.samples))
+        object.__setattr__(self, "output", Path(self.output))
+
     def score_options(self) -> ScoreOptions:
         return ScoreOptions(self.edge_tolerance, self.pck_threshold)
 

@@ -113,6 +113,9 @@ def test_one_line_errors(canny_ds: Path, images: list[np.ndarray], tmp_path: Pat
         evaluate(EvalConfig(samples=tmp_path / "missing", output=tmp_path / "r.json", dataset=str(canny_ds)))
     with pytest.raises(ValueError, match="edge_tolerance"):
         EvalConfig(samples=folder, output=tmp_path / "r.json", edge_tolerance=-1)
+    # Offline, a Hub id that is not in the cache is said to be unreachable, not to lack a build.json.
+    with pytest.raises(EvalError, match="not a local folder, and not reachable on the Hub"):
+        evaluate(EvalConfig(samples=folder, output=tmp_path / "r.json", dataset="nobody/not-cached-dataset"))
 
 
 # --- label maps: an annotator with a segmentation column, built and measured ---------------------
