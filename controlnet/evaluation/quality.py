@@ -51,11 +51,13 @@ class QualityMeter:
         if path is None:
             where = "at --inception-weights" if weights else "in the torch hub cache (give --inception-weights)"
             return None, _NOT_COMPUTED + f"the Inception weights ({INCEPTION_FILE}) are not on this machine {where}"
+        import pickle
+
         import torch
 
         try:
             torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # any unpickling failure means the file is not a plain state dict
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
             return None, _NOT_COMPUTED + f"the Inception weights file is not a plain state dict ({type(err).__name__})"
         fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
         # KID shares FID's network (already loaded with these weights) instead of loading its own.

@@ -57,14 +57,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     annotator = report["annotator"]
     counts = report["counts"]
     level = round(report["bootstrap"]["confidence"] * 100)
+    params = ", ".join(f"{k}={v}" for k, v in annotator["params"].items()) or "no parameters"
+    settings = ", ".join(f"{k} {v}" for k, v in report["settings"].items())
     lines = [
         f"# How well the samples follow their {annotator['id']} conditions",
         "",
-        f"- Condition kind: {annotator['kind']}; re-annotated with `{annotator['id']}` "
-        f"({', '.join(f'{k}={v}' for k, v in annotator['params'].items()) or 'no parameters'}; from {annotator['params_from']})",
+        f"- Condition kind: {annotator['kind']}; re-annotated with `{annotator['id']}` ({params}; from {annotator['params_from']})",
         f"- Dataset: {report['dataset'] or '(none: condition images in the samples folder)'}, split {report['split']}",
         f"- Samples scored: {counts['scored']} of {counts['samples']} ({counts['skipped']} skipped)",
-        f"- Settings: " + ", ".join(f"{k} {v}" for k, v in report["settings"].items()),
+        f"- Settings: {settings}",
         "",
         f"| metric | mean | {level}% CI | median | n | better | what it is |",
         "|---|---|---|---|---|---|---|",

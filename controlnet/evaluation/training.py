@@ -21,7 +21,7 @@ __all__ = ["ValidationScorer"]
 class ValidationScorer:
     """Mean condition-following metrics of validation samples; built once per training run."""
 
-    def __init__(self, dataset: str, revision: str | None, condition_column: str, device: str, options: ScoreOptions = ScoreOptions()) -> None:
+    def __init__(self, dataset: str, revision: str | None, condition_column: str, device: str, options: ScoreOptions | None = None) -> None:
         build = load_build(dataset, revision)
         if not build:
             raise ValueError(f"--eval-every needs a dataset built by cn-annotate: {dataset} has no build.json naming its annotator")
@@ -35,7 +35,7 @@ class ValidationScorer:
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         runtime = {"device": device} if "device" in fields else {}
         self.annotator = cls(**build["annotators"][annotator], **runtime)
-        self.options = options
+        self.options = options or ScoreOptions()
 
     def __call__(self, rows: Sequence[dict[str, Any]], samples: Sequence[Sequence[np.ndarray]]) -> dict[str, float]:
         """``samples[i]`` were made from ``rows[i]``; returns ``eval/<metric>`` means over all of them

@@ -223,3 +223,52 @@ def test_clip_score_of_each_sample_with_its_caption(canny_ds: Path, images: list
     assert not any(note.startswith("CLIP") for note in report["notes"])
     with pytest.raises(EvalError, match="CLIP model .* cannot be loaded"):
         evaluate(EvalConfig(samples=folder, output=tmp_path / "r.json", dataset=str(canny_ds), clip_model=str(tmp_path / "no-clip")))
+
+
+# --- image quality -------------------------------------------------------------------------------
+
+
+def write_seeded_inception(path: Path) -> Path:
+    """torch-fidelity's InceptionV3 with seeded random weights, saved as a plain state dict under
+    the published file name (its constructor always loads weights; here it is given none)."""
+    from unittest import mock
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    torch.manual_seed(0)
+    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", return_value={}), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_fid_and_kid_need_their_library_and_local_weights(canny_ds: Path, images: list[np.ndarray], tmp_path: Path) -> None:
+    from controlnet.evaluation.quality import INCEPTION_FILE, QualityMeter
+
+    try:
+        import torchmetrics.image.fid  # noqa: F401
+    except ImportError:
+        meter, why = QualityMeter.create(None)
+        assert meter is None and why.startswith("FID/KID not computed: torchmetrics with torch-fidelity is not installed")
+        pytest.skip("torchmetrics with torch-fidelity is not installed: only the one-line note is checked")
+    meter, why = QualityMeter.create(str(tmp_path / "missing.pth"))
+    assert meter is None and f"the Inception weights ({INCEPTION_FILE}) are not on this machine at --inception-weights" in why
+    weights = write_seeded_inception(tmp_path / INCEPTION_FILE)
+    noisy = [np.clip(image + np.random.default_rng(i).normal(0, 40, image.shape), 0, 255).astype(np.uint8) for i, image in enumerate(images)]
+    folder = write_samples(tmp_path / "s", noisy, [f"photo{i}.png" for i in range(4)])
+    report = evaluate(EvalConfig(samples=folder, output=tmp_path / "r.json", dataset=str(canny_ds), inception_weights=str(weights))).report
+    quality = report["quality"]
+    assert quality["n"] == 4 and not any(note.startswith("FID") for note in report["notes"])
+    # The same figures as torchmetrics computes directly on the same (dataset image, sample) pairs.
+    import datasets
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    rows = datasets.load_dataset(str(canny_ds), split="train")
+    fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+    for record in report["per_sample"]:
+        for image, real in ((np.asarray(rows[record["row"]]["image"]), True), (np.asarray(Image.open(folder / record["sample"])), False)):
+            fid.update(torch.from_numpy(image.transpose(2, 0, 1).copy())[None], real=real)
+    assert quality["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
+    assert quality["fid"] > 0 and np.isfinite(quality["kid"])
