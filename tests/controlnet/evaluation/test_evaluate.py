@@ -239,6 +239,11 @@ def write_seeded_inception(path: Path) -> Path:
     torch.manual_seed(0)
     with mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", return_value={}), mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
         model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path="unused")
+    # He initialisation keeps the activations' scale through the 90-odd layers; PyTorch's default
+    # shrinks them until every image gives the same features (and FID is 0 whatever the images).
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     torch.save(model.state_dict(), path)
     return path
 
@@ -271,4 +276,8 @@ def test_fid_and_kid_need_their_library_and_local_weights(canny_ds: Path, images
         for image, real in ((np.asarray(rows[record["row"]]["image"]), True), (np.asarray(Image.open(folder / record["sample"])), False)):
             fid.update(torch.from_numpy(image.transpose(2, 0, 1).copy())[None], real=real)
     assert quality["fid"] == pytest.approx(float(fid.compute()), rel=1e-4)
-    assert quality["fid"] > 0 and np.isfinite(quality["kid"])
+    assert quality["fid"] > 1 and np.isfinite(quality["kid"])
+    # Samples equal to the dataset images: no distance left.
+    same = write_samples(tmp_path / "same", images, [f"photo{i}.png" for i in range(4)])
+    equal = evaluate(EvalConfig(samples=same, output=tmp_path / "same.json", dataset=str(canny_ds), inception_weights=str(weights))).report
+    assert abs(equal["quality"]["fid"]) < 1e-2 < quality["fid"] / 100
