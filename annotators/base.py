@@ -29,7 +29,13 @@ if TYPE_CHECKING:
     from annotators.data import DataKind
     from annotators.weights import Weights
 
-__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
+__all__ = ["MAP_KINDS", "Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
+
+#: What a condition map can show, as annotators declare it in ``map_kind``: binary edges or line
+#: segments; soft edges, scribbles and line art; relative depth; surface normals; keypoints (with
+#: pose data); class labels (with label data); a binary mask; an image-like map (blurred, tiled,
+#: inverted or colour-grid versions of the picture).
+MAP_KINDS = ("edges", "soft_edges", "depth", "normals", "pose", "segmentation", "mask", "image")
 
 
 def param(
@@ -160,6 +166,10 @@ class Annotator:
             (:class:`annotators.data.DataKind`, e.g. OpenPose keypoints), or None.
         grayscale: the map is single-channel: the core returns it HxW (HxWx3 with equal channels
             is accepted too) and ``annotate`` widens it to HxWx3 unless ``single_channel``.
+        map_kind: what the map shows, one of :data:`MAP_KINDS`, so that an image made from the
+            map can be re-annotated and scored against it (``cn-eval``); None: no such measure
+            applies (e.g. a random shuffle). An annotator whose ``data_kind`` is pose or
+            segmentation is measured on that data when it leaves this None.
     """
 
     name: ClassVar[str]
@@ -168,6 +178,7 @@ class Annotator:
     weights: ClassVar[Weights | None] = None
     data_kind: ClassVar[DataKind | None] = None
     grayscale: ClassVar[bool] = False
+    map_kind: ClassVar[str | None] = None
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         if config is not None and params:
