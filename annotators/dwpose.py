@@ -338,6 +338,7 @@ class _DWPose(Annotator):
     """The DWPose pipeline on two onnxruntime sessions; subclasses choose the parts drawn and stored."""
 
     Config = DWPoseConfig
+    map_kind = "pose"
     weights = Weights(
         license="Apache-2.0 (yzd-v/DWPose: DWPose and YOLOX-L)",
         files=(WeightFile("yolox_l.onnx"), WeightFile("dw-ll_ucoco_384.onnx")),

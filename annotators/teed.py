@@ -68,6 +68,7 @@ class SoftEdgeTEED(NeuralAnnotator):
         repo_id="bdsqlsz/qinglong_controlnet-lllite",
     )
     grayscale = True
+    map_kind = "soft_edges"
 
     config: TEEDConfig
 

@@ -174,6 +174,8 @@ def test_every_registered_annotator_declares_a_known_map_kind_or_none() -> None:
     assert set(MEASURES) == set(MAP_KINDS)
     kinds = {name: annotators.get_class(name).map_kind for name in annotators.names()}
     assert all(kind is None or kind in MAP_KINDS for kind in kinds.values())
+    # A new annotator must say what its maps show; only the content shuffle is not measurable.
+    assert {name for name, kind in kinds.items() if kind is None} == {"shuffle"}
     assert kinds["canny"] == "edges" and kinds["hed"] == "soft_edges" and kinds["depth_midas"] == "depth"
     assert kinds["openpose"] == "pose" and kinds["normal_bae"] == "normals" and kinds["shuffle"] is None
     with pytest.raises(ValueError, match="declares no map kind"):
