@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-__all__ = ["EDGE_COLOUR", "draw_sem_seg", "flat"]
+__all__ = ["EDGE_COLOUR", "draw_sem_seg", "edge_width", "flat"]
 
 #: the reference commit's edge colour (its ``_OFF_WHITE``, which it set to pure white)
 EDGE_COLOUR = (1.0, 1.0, 1.0)
@@ -42,7 +42,8 @@ def flat(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     return np.asarray(palette, np.uint8)[labels]
 
 
-def _line_width(height: int, width: int) -> float:
+def edge_width(height: int, width: int) -> float:
+    """The polygon edge width in points: the reference's ``max(font // 15, 1)``."""
     font_size = max(np.sqrt(height * width) // 90, 10)
     return max(font_size // 15, 1)
 
@@ -66,7 +67,7 @@ def draw_sem_seg(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.nda
         axes.axis("off")
         extent = (0, width, height, 0)
         axes.imshow(np.full((height, width, 3), 255, np.uint8), extent=extent, interpolation="nearest")
-        line_width = _line_width(height, width)
+        line_width = edge_width(height, width)
         present, areas = np.unique(labels, return_counts=True)
         for label in present[np.argsort(-areas)]:
             colour = tuple(c / 255 for c in palette[int(label)])
