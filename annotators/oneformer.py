@@ -167,18 +167,21 @@ class _OneFormer(NeuralAnnotator):
         x = F.pad(x, (0, pad_right, 0, pad_bottom))  # zeros after normalisation, as detectron2's ImageList
         return x.to(self.torch_dtype), size
 
-    def predict_scores(self, model: torch.nn.Module, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-class scores (N, C, H, W) at the input size, with the raw class (N, Q, C+1) and mask
-        (N, Q, h, w) logits they come from."""
+    def forward_logits(self, model: torch.nn.Module, batch: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[int, int]]:
+        """The network's class (N, Q, C+1) and mask (N, Q, h, w) logits in float32, with the padded
+        and the resized (unpadded) input sizes."""
         import torch
 
         x, size = self.network_input(batch)
         task = torch.tensor([SEMANTIC_TASK_TOKENS] * len(batch), device=x.device, dtype=x.dtype)
         outputs = model(pixel_values=x, task_inputs=task)
-        class_logits = outputs.class_queries_logits.float()
-        mask_logits = outputs.masks_queries_logits.float()
-        scores = semantic_inference(class_logits, mask_logits, x.shape[2:], size, batch[0].shape[:2])
-        return scores, class_logits, mask_logits
+        padded = (x.shape[2], x.shape[3])
+        return outputs.class_queries_logits.float(), outputs.masks_queries_logits.float(), padded, size
+
+    def predict_scores(self, model: torch.nn.Module, batch: list[np.ndarray]) -> torch.Tensor:
+        """Per-class scores (N, C, H, W) at the input size."""
+        class_logits, mask_logits, padded, size = self.forward_logits(model, batch)
+        return semantic_inference(class_logits, mask_logits, padded, size, batch[0].shape[:2])
 
     def draw(self, labels: np.ndarray) -> np.ndarray:
         palette = self.data_kind.palette
@@ -187,9 +190,13 @@ class _OneFormer(NeuralAnnotator):
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[Annotation]:
         import torch
 
-        scores, _, _ = self.predict_scores(model, batch)
-        labels = scores.argmax(dim=1).to("cpu", torch.uint8).numpy()
-        return [Annotation(self.draw(label), label) for label in labels]
+        class_logits, mask_logits, padded, size = self.forward_logits(model, batch)
+        results = []
+        for index in range(len(batch)):  # one image at a time: its queries' full-size masks are the memory peak
+            scores = semantic_inference(class_logits[index : index + 1], mask_logits[index : index + 1], padded, size, batch[0].shape[:2])
+            labels = scores.argmax(dim=1)[0].to("cpu", torch.uint8).numpy()
+            results.append(Annotation(self.draw(labels), labels))
+        return results
 
 
 class SegOFADE20K(_OneFormer):

@@ -81,23 +81,28 @@ class SegUFADE20K(NeuralAnnotator):
             batch = [cv2.resize(image, size[::-1], interpolation=cv2.INTER_LINEAR) for image in batch]
         x = self.to_tensor(batch).flip(1)  # RGB -> BGR: mmseg's to_rgb swap applied to an RGB input
         mean = torch.tensor(MMSEG_MEAN, device=x.device).view(1, 3, 1, 1)
-        # mmcv multiplies by the reciprocal, computed in float64
-        scale = torch.tensor([1.0 / s for s in MMSEG_STD], dtype=torch.float64).float().to(x.device).view(1, 3, 1, 1)
+        scale = torch.tensor([1.0 / s for s in MMSEG_STD], device=x.device).view(1, 3, 1, 1)  # mmcv: x * (1/std)
         return ((x.float() - mean) * scale).to(self.torch_dtype)
 
-    def predict_labels(self, model: torch.nn.Module, batch: list[np.ndarray]) -> torch.Tensor:
-        """ADE20K class indices (N, H, W) at the input size."""
+    def predict_labels(self, model: torch.nn.Module, batch: list[np.ndarray]) -> list[torch.Tensor]:
+        """ADE20K class indices (H, W) per image, at the input size."""
         import torch.nn.functional as F
 
         x = self.network_input(batch)
         logits = model(x).float()
-        scores = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
-        if tuple(x.shape[2:]) != batch[0].shape[:2]:
-            scores = F.interpolate(scores, size=batch[0].shape[:2], mode="bilinear", align_corners=False)
-        return scores.softmax(dim=1).argmax(dim=1)
+        labels = []
+        for image_logits in logits.split(1):  # one image at a time: its full-size scores are the memory peak
+            scores = F.interpolate(image_logits, size=x.shape[2:], mode="bilinear", align_corners=False)
+            if tuple(x.shape[2:]) != batch[0].shape[:2]:
+                scores = F.interpolate(scores, size=batch[0].shape[:2], mode="bilinear", align_corners=False)
+            labels.append(scores.softmax(dim=1).argmax(dim=1)[0])
+        return labels
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[Annotation]:
         import torch
 
-        labels = self.predict_labels(model, batch).to("cpu", torch.uint8).numpy()
-        return [Annotation(ADE20K.colorize(label), label) for label in labels]
+        results = []
+        for labels in self.predict_labels(model, batch):
+            label_map = labels.to("cpu", torch.uint8).numpy()
+            results.append(Annotation(ADE20K.colorize(label_map), label_map))
+        return results

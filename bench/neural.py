@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 python bench/neural.py                       # CPU, 64 images at 512
     python bench/neural.py --device cuda --dtype float16           # GPU: fp16 batched vs fp32 loop
     python bench/neural.py --annotators softedge_hed --images 16   # a quicker look
+    OMP_NUM_THREADS=1 python bench/neural.py --annotators seg_ufade20k,seg_ofade20k --images 4   # segmentation
 
 Weights are seeded stand-ins for the published checkpoints (rebuilt from shared/parity), so the
 figures measure speed only. The loop baseline does what the reference annotators do: one image per

@@ -58,19 +58,22 @@ def parity_run(request: pytest.FixtureRequest, seeded_weights: SeededWeights) ->
         (decoder.mask_embed, "mask_embeddings_per_layer"),
     ]
     handles = [module.register_forward_hook(keep(key)) for module, key in hooks]
-    predict = annotator.predict_scores
+    forward = annotator.forward_logits
 
-    def predict_and_keep(model: torch.nn.Module, batch: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
-        captured["scores"], captured["class_logits"], captured["mask_logits"] = result = predict(model, batch)
+    def forward_and_keep(model: torch.nn.Module, batch: list[np.ndarray]) -> tuple[Any, ...]:
+        captured["logits"] = result = forward(model, batch)
         return result
 
-    annotator.predict_scores = predict_and_keep  # type: ignore[method-assign]
+    annotator.forward_logits = forward_and_keep  # type: ignore[method-assign]
     try:
         (captured["annotation"],) = annotator.annotate([CASES[name].input_rgb])
     finally:
         for handle in handles:
             handle.remove()
-        del annotator.predict_scores
+        del annotator.forward_logits
+    class_logits, mask_logits, padded, size = captured["logits"]
+    captured["class_logits"], captured["mask_logits"] = class_logits, mask_logits
+    captured["scores"] = semantic_inference(class_logits, mask_logits, padded, size, CASES[name].input_rgb.shape[:2])
     yield captured
     annotator.close()
 
@@ -122,7 +125,12 @@ def test_raw_class_and_mask_logits_match_reference(parity_run: dict[str, Any]) -
     golden = CASES[parity_run["name"]].golden
     class_logits = parity_run["class_logits"][0].numpy()
     mask_logits = parity_run["mask_logits"][0].numpy()
-    print(f"{parity_run['name']}: class logits max |diff| {np.abs(class_logits - golden['raw_class_logits']).max():.3g} (range {np.abs(golden['raw_class_logits']).max():.3g})")
+    reference_masks = golden["raw_mask_logits_q0to15_f16"].astype(np.float32)
+    print(
+        f"{parity_run['name']}: class logits max |diff| {np.abs(class_logits - golden['raw_class_logits']).max():.3g} "
+        f"(range {np.abs(golden['raw_class_logits']).max():.3g}); mask logits q0-15 max |diff| "
+        f"{np.abs(mask_logits[:16] - reference_masks).max():.3g} (range {np.abs(reference_masks).max():.3g})"
+    )
     assert_raw_close(class_logits, golden["raw_class_logits"], "raw_class_logits")
     assert_f16_close(mask_logits[:16], golden["raw_mask_logits_q0to15_f16"], "raw_mask_logits_q0to15_f16")
     crop = slice(60, 100) if parity_run["name"] == "seg_ofade20k" else slice(80, 120)
@@ -156,12 +164,14 @@ def test_same_weights_in_transformers_format_give_the_same_result(parity_run: di
     assert converted.locate_weights() == [folder]
     with torch.inference_mode():
         # the same pipeline at the same size, on the network loaded from the detectron2 checkpoint
-        expected = converted.predict_scores(detectron2_model, [image])
-        got = converted.predict_scores(converted.model, [image])
-    for a, b in zip(got, expected):
+        expected = converted.forward_logits(detectron2_model, [image])
+        got = converted.forward_logits(converted.model, [image])
+        scores = converted.predict_scores(detectron2_model, [image])
+    for a, b in zip(got[:2], expected[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert got[2:] == expected[2:]
     (annotation,) = converted.annotate([image])
-    np.testing.assert_array_equal(annotation.data, expected[0].argmax(dim=1)[0].numpy())
+    np.testing.assert_array_equal(annotation.data, scores.argmax(dim=1)[0].numpy())
     converted.close()
 
 
