@@ -104,7 +104,7 @@ class SegOFCOCOConfig(NeuralConfig):
 
 
 class _OneFormer(NeuralAnnotator):
-    """The shared pipeline; subclasses fix the checkpoint, the label set and the test sizes."""
+    """The shared pipeline; subclasses fix the checkpoint, the label set and the reference input sizes."""
 
     config: SegOFADE20KConfig | SegOFCOCOConfig
     data_kind: ClassVar[SegmentationKind]
