@@ -76,6 +76,12 @@ _BUILTIN: dict[str, str] = {
     "mediapipe_face": "annotators.mediapipe:MediaPipeFace",
     "mediapipe_full": "annotators.mediapipe:MediaPipeFull",
     "person_mask": "annotators.mediapipe:PersonMask",
+    "seg_ufade20k": "annotators.uniformer:SegUFADE20K",
+    "seg_ofade20k": "annotators.oneformer:SegOFADE20K",
+    "seg_ofcoco": "annotators.oneformer:SegOFCOCO",
+    "seg_upernet": "annotators.seg_transformers:SegUperNet",
+    "seg_segformer": "annotators.seg_transformers:SegSegFormer",
+    "seg_mask2former": "annotators.seg_transformers:SegMask2Former",
 }
 
 

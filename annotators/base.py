@@ -24,6 +24,7 @@ import numpy as np
 from annotators.image import hwc3, single_channel as to_single_channel
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Self
 
     from annotators.data import DataKind
@@ -132,10 +133,11 @@ class AnnotatorConfig:
 
 @dataclass(frozen=True)
 class Annotation:
-    """One annotated image: the condition map, plus structured data for annotators that find it."""
+    """One annotated image: the condition map, plus structured data for annotators that find it
+    (in the form its ``data_kind`` encodes: an OpenPose JSON dict, an HxW label map, ...)."""
 
     map: np.ndarray
-    data: dict[str, Any] | None = None
+    data: Any = None
 
 
 def image_seed(image: np.ndarray, seed: int) -> int:
@@ -221,12 +223,19 @@ class Annotator:
         """Whether the declared weights can be found without touching the network."""
         return cls.weights is None or cls.weights.present(weights)
 
+    def locate_weights(self) -> list[Path]:
+        """The files (or model folder) this instance loads, found as its ``weights`` declare; raises
+        :class:`annotators.weights.WeightsNotFoundError`. Annotators whose weights depend on their
+        config (a chosen model, an alternative format) override this."""
+        assert self.weights is not None
+        return self.weights.locate(self.weights_location)
+
     def weights_identity(self) -> list[dict[str, Any]] | None:
         """Names and sizes of the weights this instance loads (None: it has none). Finds them, so it
         raises like ``load`` when they are missing."""
         if self.weights is None:
             return None
-        return self.weights.identity(self.weights.locate(self.weights_location))
+        return self.weights.identity(self.locate_weights())
 
     def load(self) -> Self:
         """Load the backend (weights, model, graph) now instead of on the first call."""

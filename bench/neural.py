@@ -4,6 +4,7 @@
     python bench/neural.py --device cuda --dtype float16           # GPU: fp16 batched vs fp32 loop
     python bench/neural.py --annotators softedge_hed --images 16   # a quicker look
     python bench/neural.py --annotators dw_openpose_full --repeats 5   # best of 5 runs each, on a busy machine
+    OMP_NUM_THREADS=1 python bench/neural.py --annotators seg_ufade20k,seg_ofade20k --images 4   # segmentation
 
 Weights are seeded stand-ins for the published checkpoints (rebuilt from shared/parity), so the
 figures measure speed only. DWPose runs the parity case's stand-in ONNX graphs, which are far smaller

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tests import tiny_segmenters
+
 if TYPE_CHECKING:
     from annotators.weights import Weights
 
@@ -69,13 +71,28 @@ def case(name: str) -> Case:
     return Case(name, path)
 
 
+def relative_position_index(window: int) -> np.ndarray:
+    """Swin's window relative-position index (``window``² x ``window``², int64): for window positions
+    i, j in row-major order, ``(dy + w - 1) * (2w - 1) + (dx + w - 1)`` with dy, dx = i - j."""
+    ys, xs = np.divmod(np.arange(window * window), window)
+    dy = ys[:, None] - ys[None, :]
+    dx = xs[:, None] - xs[None, :]
+    return ((dy + window - 1) * (2 * window - 1) + (dx + window - 1)).astype(np.int64)
+
+
 def seeded_arrays(manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The README's seeded weights, in the manifest's (model ``state_dict``) key order."""
+    """The README's seeded weights, in the manifest's (model ``state_dict``) key order. The
+    manifest's ``non_float_buffers`` (Swin relative-position indices) take no draw and keep the
+    values the model computes."""
     rng = np.random.default_rng(manifest["seed"])
+    computed = set(manifest.get("non_float_buffers", {}).get("keys", ()))
     out: dict[str, np.ndarray] = {}
     for key, shape, dtype in manifest["keys"]:
         shape = tuple(shape)
-        if key.endswith("num_batches_tracked"):
+        if key in computed:
+            assert key.endswith("relative_position_index") and len(shape) == 2 and shape[0] == shape[1], key
+            value = relative_position_index(math.isqrt(shape[0]))
+        elif key.endswith("num_batches_tracked"):
             value = np.zeros(shape, np.int64)
         elif key.endswith("running_mean"):
             value = 0.1 * rng.standard_normal(shape)
@@ -176,8 +193,23 @@ def checkpoint_cases() -> dict[str, str]:
 
 
 # Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
-# their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast.
-FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
+# their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast. The
+# segmenters rescale every image to a 512-800 px short side; a small one keeps the networks quick.
+FAST_PARAMS: dict[str, dict[str, object]] = {
+    "openpose_hand": {"hand_scales": 1},
+    "seg_ufade20k": {"resolution": 64},
+    "seg_ofade20k": {"resolution": 64},
+    "seg_ofcoco": {"resolution": 64},
+}
+
+#: Annotators whose full seeded checkpoint is too large for tests that do not check parity (a
+#: 900 MB Swin-L OneFormer takes seconds per load): annotator id -> the transformers model id of a
+#: tiny seeded stand-in (in ``SEEDED_WRITERS``) that the annotator's loader accepts as well. Their
+#: parity tests use the full seeded checkpoints.
+FAST_WEIGHTS: dict[str, str] = {
+    "seg_ofade20k": "shi-labs/oneformer_ade20k_swin_large",
+    "seg_ofcoco": "shi-labs/oneformer_coco_swin_large",
+}
 
 
 def _conv(name: str, out: int, inp: int, k: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -218,6 +250,11 @@ def write_seeded_state_dict(keys: tuple[tuple[str, tuple[int, ...]], ...], path:
 #: a model folder). A new annotator adds its entry here, so the registry-wide tests cover it.
 SEEDED_WRITERS: dict[str, Callable[[Path], object]] = {
     "7_model.pth": lambda path: write_seeded_state_dict(TEED_CHECKPOINT_KEYS, path),
+    "openmmlab/upernet-convnext-small": tiny_segmenters.write_tiny_upernet,
+    "nvidia/segformer-b0-finetuned-ade-512-512": tiny_segmenters.write_tiny_segformer,
+    "facebook/mask2former-swin-large-ade-semantic": tiny_segmenters.write_tiny_mask2former,
+    "shi-labs/oneformer_ade20k_swin_large": tiny_segmenters.write_tiny_oneformer_ade20k,
+    "shi-labs/oneformer_coco_swin_large": tiny_segmenters.write_tiny_oneformer_coco,
 }
 
 
@@ -249,11 +286,14 @@ class SeededWeights:
         return self.ensure([f.name for f in weights.files])
 
     def create(self, name: str, **params: Any) -> Any:
-        """The registered annotator ``name`` with ``params``, on these weights where it needs them,
-        at the test-speed parameters of :data:`FAST_PARAMS` unless ``params`` say otherwise."""
+        """The registered annotator ``name`` with ``params``, on these weights where it needs them
+        (the tiny stand-ins of :data:`FAST_WEIGHTS` where listed), at the test-speed parameters of
+        :data:`FAST_PARAMS` unless ``params`` say otherwise."""
         import annotators
 
         cls = annotators.get_class(name)
-        if cls.weights is not None and cls.weights.downloadable:
+        if name in FAST_WEIGHTS:
+            params.setdefault("weights", str(self.ensure([FAST_WEIGHTS[name]]) / FAST_WEIGHTS[name]))
+        elif cls.weights is not None and cls.weights.downloadable:
             params.setdefault("weights", str(self.location(cls.weights)))
         return cls(**{**FAST_PARAMS.get(name, {}), **params})
