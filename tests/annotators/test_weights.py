@@ -81,7 +81,7 @@ def test_missing_weights_error_names_file_places_and_fix(tmp_path: Path, monkeyp
     assert not is_checkpoint_present(NAME)
 
 
-def test_pickled_code_is_refused(tmp_path: Path) -> None:
+def test_pickled_code_is_refused(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     class Payload:
         def __reduce__(self):
             return (print, ("this must never run",))
@@ -90,6 +90,7 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"w": Payload()}))
     with pytest.raises(ValueError, match="cannot load checkpoint"):
         load_checkpoint(path)
+    assert [str(w.message) for w in recwarn] == []  # refused in one line, with no warning from torch
 
 
 def test_load_strict_reports_missing_unexpected_and_shape(tmp_path: Path) -> None:
