@@ -71,6 +71,7 @@ class Hough(PerImageAnnotator):
     description = "Straight line segments (OpenCV LSD), white 1 px lines on black"
     Config = HoughConfig
     grayscale = True
+    map_kind = "edges"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config

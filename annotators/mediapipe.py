@@ -199,6 +199,7 @@ class _MediaPipeAnnotator(Annotator):
 
     weights = Weights(license="Apache-2.0 (Google MediaPipe, models bundled in the mediapipe wheel)", format="bundled", package="mediapipe")
     data_kind = POSE
+    map_kind = "pose"
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
@@ -421,6 +422,7 @@ class PersonMask(_MediaPipeAnnotator):
     config: PersonMaskConfig
     grayscale = True
     data_kind = None
+    map_kind = "mask"
 
     def _build_graph(self) -> Any:
         return _import_solutions().selfie_segmentation.SelfieSegmentation(model_selection=self.config.model_selection)

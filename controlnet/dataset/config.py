@@ -150,9 +150,14 @@ class BuildConfig:
 
     def filter_for(self, kind: DataKind) -> AnnotatorConfig | None:
         """The filter config that applies to data of ``kind``, if one was given."""
-        if kind.Filters is None:
-            return None
-        return next((config for config in self.filters if isinstance(config, kind.Filters)), None)
+        return filter_for(kind, self.filters)
+
+
+def filter_for(kind: DataKind, filters: tuple[AnnotatorConfig, ...]) -> AnnotatorConfig | None:
+    """The one of ``filters`` that applies to data of ``kind`` (an instance of its ``Filters``), if any."""
+    if kind.Filters is None:
+        return None
+    return next((config for config in filters if isinstance(config, kind.Filters)), None)
 
 
 def _jsonable(value: Any) -> Any:

@@ -40,6 +40,7 @@ from annotators.image import (
     resize_image,
     resized_size,
 )
+from controlnet.dataset.config import filter_for
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import SourceItem
 
@@ -131,7 +132,7 @@ class Pipeline:
         self.jpeg_quality = jpeg_quality
         classes = [annotators.get_class(name) for name, _ in specs]
         self.layout = Layout.of([(name, cls.data_kind) for (name, _), cls in zip(specs, classes)])
-        self.filters = {column.name: next((f for f in filters if column.kind.Filters and isinstance(f, column.kind.Filters)), None) for column in self.layout.data_columns}
+        self.filters = {column.name: filter_for(column.kind, filters) for column in self.layout.data_columns}
         self.annotators: list[Annotator] = [cls(config) for cls, (_, config) in zip(classes, specs)] if load_annotators else []
         self._loaded = False
 

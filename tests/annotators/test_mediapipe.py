@@ -182,6 +182,15 @@ def test_graph_is_lazy_reused_and_rebuilt_per_process(astronaut: np.ndarray, pos
     assert annotator._graph is None
 
 
+def test_graph_follows_the_lifecycle() -> None:
+    """Nothing is built in the constructor; load() builds this process's graph, close() releases it."""
+    pose = annotators.create("mediapipe_pose")
+    assert pose._graph is None and pose.weights is not None and pose.weights.format == "bundled"
+    assert pose.weights_present() and pose.load() is pose and pose._graph is not None
+    pose.close()
+    assert pose._graph is None
+
+
 def test_mediapipe_native_info_and_warning_logs_are_dropped_and_errors_pass(capfd: pytest.CaptureFixture[str], astronaut: np.ndarray) -> None:
     import os
     import re

@@ -412,6 +412,22 @@ def test_missing_weights_stop_the_build(tmp_path: Path, registered, monkeypatch:
         build(config(tmp_path / "images", tmp_path / "ds", names=("fake_net",), params={"fake_net": {"weights": str(tmp_path / "nowhere")}}))
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_backend_that_cannot_load_stops_the_build_in_one_line(tmp_path: Path, registered, workers: int) -> None:
+    """A corrupt checkpoint is the set-up's fault: one BuildError, not one skipped row per input."""
+    registered("fake_net", FakeNet)
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "fake_net.pth").write_bytes(b"not a checkpoint" * 10)
+    for i in range(12):
+        write_photo(tmp_path / "images" / f"{i}.jpg", i, 64, 64)
+    params = {"fake_net": {"weights": str(tmp_path / "weights")}}
+    with pytest.raises(BuildError, match=r"^fake_net: cannot load: .*fake_net\.pth: cannot load checkpoint") as err:
+        build(config(tmp_path / "images", tmp_path / "ds", names=("fake_net",), params=params, keep_size=True, workers=workers, batch_size=4))
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "ds" / "skipped.jsonl").read_text() == ""
+    assert shard_paths(tmp_path / "ds") == []
+
+
 def test_load_dataset_sees_resumed_and_rebuilt_folders_not_a_stale_cache(tmp_path: Path) -> None:
     """datasets caches a local folder with YAML configs by name; the card's numbers keep it honest."""
     import datasets
