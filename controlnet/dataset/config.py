@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from annotators.data import DataKind
     from controlnet.dataset.sources import Source
 
-__all__ = ["DEFAULT_RESOLUTION", "FORMAT_VERSION", "BuildConfig", "BuildError", "default_workers"]
+__all__ = ["DEFAULT_RESOLUTION", "ENGINES", "FORMAT_VERSION", "BuildConfig", "BuildError", "default_workers"]
 
 #: bumped when the same identity would give different rows
 FORMAT_VERSION = 1
 #: the reference annotators' default ``resize_image`` resolution
 DEFAULT_RESOLUTION = 512
+#: where a build runs: this machine's process pool, or a Ray cluster (controlnet.dataset.engines)
+ENGINES = ("local", "ray")
 
 
 class BuildError(RuntimeError):
@@ -68,6 +70,10 @@ class BuildConfig:
     shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
     overwrite: bool = param(False, "replace an output folder built with other settings", runtime=True)
+    engine: str = param("local", "where the images are processed: local (worker processes on this machine) or ray (a Ray cluster, pip install 'cn-annotate[ray]')", choices=ENGINES, runtime=True)
+    ray_address: str | None = param(None, "with --engine ray: the cluster to join, 'auto' (the one this machine belongs to) or its head's host:port (default: start Ray on this machine with --workers CPUs)", runtime=True)
+    ray_actors: int = param(0, "with --engine ray and an annotator on a GPU: annotating actors, each loading the models once (0: as many as the cluster's GPUs hold)", ge=0, runtime=True)
+    ray_gpus_per_actor: float = param(1.0, "with --engine ray: GPUs each annotating actor reserves (0.5: two actors share a GPU)", gt=0, runtime=True)
     central: bool | None = field(default=None)  # one annotating process; None: when an annotator runs on an accelerator
 
     def __post_init__(self) -> None:
@@ -79,10 +85,14 @@ class BuildConfig:
         for f in dataclasses.fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
-            if value is None or "ge" not in meta or meta["ge"] is None:
+            if value is None or "help" not in meta:
                 continue
-            if value < meta["ge"]:
+            if meta["ge"] is not None and value < meta["ge"]:
                 raise ValueError(f"{f.name} must be at least {meta['ge']}, got {value}")
+            if meta["gt"] is not None and value <= meta["gt"]:
+                raise ValueError(f"{f.name} must be more than {meta['gt']}, got {value}")
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
         if self.workers == 0:
             object.__setattr__(self, "workers", default_workers())
         for config in self.filters:
