@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pickle
 import uuid
 from collections import Counter, deque
@@ -172,14 +173,21 @@ class _Annotating:
 
         self.spec = spec
         self.pipeline = _pipeline(actor_spec)
-        self.pipeline.load_all()
+        self.failure: AnnotatorLoadError | None = None
+        try:
+            self.pipeline.load_all()
+        except AnnotatorLoadError as err:  # reported by each call: Ray Data gives the driver an actor's errors as text only
+            self.failure = err
         self.prepare = ray.remote(num_cpus=1)(_prepare)
         self.finish = ray.remote(num_cpus=1)(_finish)
         self.write = ray.remote(num_cpus=0)(_write)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[bytes]]:
+        """A pickled :class:`ShardSummary` per shard (or the error that kept the models from loading)."""
         import ray
 
+        if self.failure is not None:
+            return {"summary": [pickle.dumps(self.failure)] * len(batch["index"])}
         summaries = []
         for index, inputs, encoded in zip(batch["index"], batch["inputs"], batch["pieces"]):
             pieces: list[list[SourceItem]] = pickle.loads(encoded)  # written by this build's driver
@@ -238,6 +246,7 @@ def _connect(ray: Any, config: BuildConfig) -> bool:
         return False
     try:
         if config.ray_address is None:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a Ray started for one build sends no usage reports
             ray.init(num_cpus=config.workers, include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=config.ray_address, logging_level=logging.WARNING)
@@ -326,9 +335,24 @@ def _actor_summaries(ray: Any, config: BuildConfig, spec: _Spec, shards: Iterabl
     quiet.setLevel(logging.ERROR)
     try:
         for row in dataset.iter_rows():
-            yield pickle.loads(row["summary"])
+            summary = pickle.loads(row["summary"])
+            if isinstance(summary, AnnotatorLoadError):
+                raise summary
+            yield summary
     finally:
         quiet.setLevel(level)
+
+
+def _load_error(ray: Any, err: BaseException | None) -> AnnotatorLoadError | None:
+    """The AnnotatorLoadError behind a task's or a dataset's error, if that is what it is."""
+    while err is not None:
+        if isinstance(err, ray.exceptions.RayTaskError):  # a copy of the cause's type, whose text is a traceback
+            err = err.cause
+        elif isinstance(err, AnnotatorLoadError):
+            return err
+        else:
+            err = err.__cause__
+    return None
 
 
 def run(config: BuildConfig, pending: Iterable[tuple[int, SourceItem]], taken: set[int]) -> Iterator[ShardSummary]:
@@ -348,9 +372,9 @@ def run(config: BuildConfig, pending: Iterable[tuple[int, SourceItem]], taken: s
                 cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
                 spec_ref = ray.put(spec)
                 yield from _written(ray, spec_ref, _cpu_pieces(ray, spec_ref, shards, config.chunk_size()), 2 * cpus)
-        except ray.exceptions.RayTaskError as err:
-            cause = err.cause if isinstance(err.cause, BaseException) else None
-            if isinstance(cause, AnnotatorLoadError):  # a fault of the set-up: one line
+        except Exception as err:
+            cause = _load_error(ray, err)
+            if cause is not None:  # a fault of the set-up: one line
                 raise BuildError(str(cause)) from None
             raise
     finally:

@@ -47,3 +47,17 @@ class Probe(PerImageAnnotator):
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
         return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+class Broken(PerImageAnnotator):
+    """An annotator whose backend cannot load (as with corrupt weights)."""
+
+    name = "ray_broken"
+    description = "test annotator: its backend never loads"
+    Config = AnnotatorConfig
+
+    def load(self) -> Broken:
+        raise RuntimeError("the weights are corrupt")
+
+    def _map(self, image: np.ndarray) -> np.ndarray:
+        raise AssertionError("never loaded, never called")

@@ -24,7 +24,7 @@ import annotators
 from controlnet.dataset.build import BuildConfig, BuildError, build, shard_paths
 from controlnet.dataset.engines.ray import plan
 from controlnet.dataset.sources import SourceItem
-from tests.controlnet.dataset.ray_helpers import FATAL_WIDTH, GATED_WIDTH, Probe
+from tests.controlnet.dataset.ray_helpers import FATAL_WIDTH, GATED_WIDTH, Broken, Probe
 from tests.controlnet.helpers import write_bad_files, write_photo
 
 REPO = Path(__file__).resolve().parents[3]
@@ -167,6 +167,13 @@ def test_a_killed_worker_or_actor_is_retried_with_one_row_per_input(path: str, r
     assert marker.exists()  # the process annotating the FATAL_WIDTH photo was killed
     assert (result.rows, result.skipped) == (12, 7)
     assert_same_dataset(tmp_path / "ds", references[Probe.name])
+
+
+@pytest.mark.parametrize("path", ["tasks", "actors"])
+def test_an_annotator_that_cannot_load_stops_the_build_with_one_line(path: str, ray_address: str, inputs: Path, tmp_path: Path, registered) -> None:
+    registered(Broken.name, Broken)
+    with pytest.raises(BuildError, match=r"^ray_broken: cannot load: the weights are corrupt$"):
+        build(config(inputs, tmp_path / "ds", Broken.name, engine="ray", central=path == "actors"))
 
 
 def _free_port() -> int:
