@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pickle
 import uuid
 from collections import Counter, deque
@@ -246,7 +245,6 @@ def _connect(ray: Any, config: BuildConfig) -> bool:
         return False
     try:
         if config.ray_address is None:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a Ray started for one build sends no usage reports
             ray.init(num_cpus=config.workers, include_dashboard=False, logging_level=logging.WARNING)
         else:
             ray.init(address=config.ray_address, logging_level=logging.WARNING)
@@ -256,7 +254,7 @@ def _connect(ray: Any, config: BuildConfig) -> bool:
     return True
 
 
-def _on_device(name: str, config: AnnotatorConfig) -> AnnotatorConfig:
+def _on_device(config: AnnotatorConfig) -> AnnotatorConfig:
     """An annotator's config for an actor: Ray gives each actor its GPUs as ``cuda:0``.., so a
     device index chosen for one machine (``cuda:1``) becomes ``cuda``."""
     device = getattr(config, "device", None)
@@ -317,8 +315,8 @@ def _actor_summaries(ray: Any, config: BuildConfig, spec: _Spec, shards: Iterabl
     if not rows:
         return
     actors, gpus = _actor_pool(ray, config)
-    actor_specs = tuple((name, _on_device(name, annotator_config)) for name, annotator_config in config.annotators)
-    actor_spec = dataclasses.replace(spec, args=(actor_specs, *spec.args[1:]))
+    actor_specs = tuple((name, _on_device(annotator_config)) for name, annotator_config in config.annotators)
+    actor_spec = dataclasses.replace(spec, key=f"{spec.key}-actor", args=(actor_specs, *spec.args[1:]))
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
     dataset.context.execution_options.preserve_order = True  # summaries (and skipped.jsonl) in shard order
     dataset.context.enable_progress_bars = False  # the build reports its own progress
