@@ -61,3 +61,13 @@ class Broken(PerImageAnnotator):
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         raise AssertionError("never loaded, never called")
+
+
+class OnCuda(Probe):
+    """The probe, claiming a GPU through the contract's ``device`` (it never computes there)."""
+
+    name = "ray_on_cuda"
+
+    @property
+    def device(self) -> str:
+        return "cuda:1"

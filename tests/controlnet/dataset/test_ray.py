@@ -22,10 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import annotators
+from annotators.neural import NeuralConfig
 from controlnet.dataset.build import BuildConfig, BuildError, build, shard_paths
-from controlnet.dataset.engines.ray import plan
+from controlnet.dataset.engines.ray import _on_device, plan
 from controlnet.dataset.sources import SourceItem
-from tests.controlnet.dataset.ray_helpers import FATAL_WIDTH, GATED_WIDTH, Broken, Probe
+from tests.controlnet.dataset.ray_helpers import FATAL_WIDTH, GATED_WIDTH, Broken, OnCuda, Probe
 from tests.controlnet.helpers import write_bad_files, write_photo
 
 REPO = Path(__file__).resolve().parents[3]
@@ -185,6 +186,15 @@ def test_an_annotator_that_cannot_load_stops_the_build_with_one_line(path: str, 
     registered(Broken.name, Broken)
     with pytest.raises(BuildError, match=r"^ray_broken: cannot load: the weights are corrupt$"):
         build(config(inputs, tmp_path / "ds", Broken.name, engine="ray", central=path == "actors"))
+
+
+def test_an_annotator_on_a_gpu_needs_gpus_in_the_cluster(ray_address: str, inputs: Path, tmp_path: Path, registered) -> None:
+    """Chosen by the contract's ``device``, not by class: the actor pool asks the cluster for GPUs."""
+    registered(OnCuda.name, OnCuda)
+    with pytest.raises(BuildError, match=r"run on CUDA but the Ray cluster has 0 GPUs"):
+        build(config(inputs, tmp_path / "ds", OnCuda.name, engine="ray"))
+    assert _on_device(NeuralConfig(device="cuda:1")) == NeuralConfig(device="cuda")  # Ray gives an actor its GPUs
+    assert _on_device(NeuralConfig(device="mps")) == NeuralConfig(device="mps")
 
 
 def _free_port() -> int:
