@@ -21,6 +21,16 @@ temporary folder. Compared in one run, on the same photos:
 * ``cn-annotate mediapipe_pose`` with N workers against MediaPipe pose run one image at a time in
   one process (decode, resize, detect, draw, PNG), on the first ``--pose-images`` photos.
 
+With ``--engine ray`` the script compares the Ray engine with the local one instead, on the same
+photos (default 1500), interleaved ``--repeat`` times, each in a fresh subprocess like the runs
+above: ``cn-annotate canny --workers N`` against ``cn-annotate canny --engine ray`` starting a
+local Ray with N CPUs inside the command (what a user without a cluster gets; the start-up is
+timed), and against a Ray cluster already running (``ray start --head --num-cpus N``, joined with
+``--ray-address``; what a cluster user gets). It prints Ray's time over the local engine's
+(target: at most 1.3x for canny over 1500 photos with the started Ray)::
+
+    OMP_NUM_THREADS=1 python bench/annotate.py --engine ray
+
 With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
 multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
 resized photos, which the bare loops do not do.
@@ -72,7 +82,10 @@ RESOLUTION = 512
 _RUNNER = """
 import json, resource, sys, time
 import cli.annotate, controlnet.dataset.build, controlnet.dataset.card, controlnet.dataset.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
-sys.argv = ["cn-annotate", *json.loads(sys.argv[1])]
+args = json.loads(sys.argv[1])
+if "ray" in args:
+    import ray, controlnet.dataset.engines.ray  # also excluded
+sys.argv = ["cn-annotate", *args]
 usage = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 try:
@@ -180,12 +193,12 @@ def pose_loop(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny", src: Path = REPO, extra: tuple[str, ...] = ()) -> dict[str, float]:
+def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny", src: Path = REPO, extra: tuple[str, ...] = (), ray_env: dict[str, str] | None = None) -> dict[str, float]:
     """One ``cn-annotate`` run in a fresh process, with the code in ``src`` (this checkout, or a
     baseline revision's copy)."""
     shutil.rmtree(output, ignore_errors=True)
     args = [annotator, str(folder), "-o", str(output), "--workers", str(workers), *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **(ray_env or {}), "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=src, env=env, capture_output=True, text=True)
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if done.returncode != 0 or line is None:
@@ -247,9 +260,64 @@ def data_mib(output: Path) -> float:
     return sum(p.stat().st_size for p in (output / "data").glob("*.parquet")) / 2**20
 
 
+def start_ray_head(cpus: int, temp_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """A one-node Ray cluster with ``cpus`` CPUs (``ray start --head --block``), and its address."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}", "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+    head = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert head.stdout is not None
+    for line in head.stdout:  # printed once the node runs
+        if "block forever" in line:
+            return head, f"127.0.0.1:{port}"
+    raise SystemExit("ray start failed")
+
+
+def ray_comparison(args: argparse.Namespace, workdir: Path) -> None:
+    """The local engine against the Ray engine, on the same photos, interleaved."""
+    images = args.images if args.images is not None else 1500
+    photos = workdir / f"photos-{images}"
+    if not photos.is_dir():
+        make_photos(photos, images)
+    import secrets
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths live under it
+    token = temp_dir / "auth_token"  # Ray's token authentication, with a token of this run's own
+    token.write_text(secrets.token_hex(32))
+    ray_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    head, address = start_ray_head(args.workers, temp_dir, ray_env)
+    try:
+        runs: dict[str, dict[str, float]] = {}
+        variants = {
+            f"cn-annotate canny, {args.workers} workers": (),
+            f"--engine ray, starting Ray ({args.workers} CPUs)": ("--engine", "ray"),
+            "--engine ray, joining a running Ray": ("--engine", "ray", "--ray-address", address),
+        }
+        for _ in range(args.repeat):  # interleaved, so that a busy spell on a shared machine hits all alike
+            for name, extra in variants.items():
+                run = cn_annotate(photos, workdir / "out", args.workers, extra=extra, ray_env=ray_env if extra else None)
+                runs[name] = min(runs.get(name, run), run, key=lambda r: r["seconds"])
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started
+        head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    local = runs[next(iter(variants))]["seconds"]
+    print(f"{'method':<44} {'images':>6} {'seconds':>8} {'images/s':>9} {'img/h/core':>10} {'time vs local':>13}")
+    for name, run in runs.items():
+        rate = images / run["seconds"]
+        print(f"{name:<44} {images:>6} {run['seconds']:>8.2f} {rate:>9.1f} {rate * 3600 / args.workers:>10.0f} {run['seconds'] / local:>12.2f}x")
+    print()
+    started, joined = (runs[name]["seconds"] / local for name in list(variants)[1:])
+    print(f"Ray engine time / local engine time: {started:.2f}x starting Ray (target <= 1.3x), {joined:.2f}x joining a running Ray")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=500, help="photos in the comparison")
+    parser.add_argument("--images", type=int, default=None, help="photos in the comparison (default: 500; 1500 with --engine ray)")
     parser.add_argument("--large", type=int, default=5000, help="photos in the peak-RSS run (0: skip it)")
     parser.add_argument("--workers", type=int, default=default_workers(), help="N, the workers of the parallel run")
     parser.add_argument("--ready", action="store_true", help="photos already at training size: no resize, no re-encoding")
@@ -257,10 +325,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
     parser.add_argument("--pose-images", type=int, default=100, help="photos in the mediapipe_pose comparison (0: skip it)")
     parser.add_argument("--baseline", metavar="REV", default=None, help="also run this git revision's builder, side by side (see above)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: compare the Ray engine with the local one instead")
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cn-annotate-bench-"))
+    if args.engine == "ray":
+        try:
+            ray_comparison(args, workdir)
+        finally:
+            if args.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+        return
+    if args.images is None:
+        args.images = 500
     try:
         kind = "ready" if args.ready else "photos"
         photos = workdir / f"{kind}-{args.images}"

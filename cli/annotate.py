@@ -198,6 +198,8 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
     kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(result.skip_kinds.items()))
     summary.add_row("skipped", f"{result.skipped} ({result.skipped_added} now)" + (f"; {kinds}; see {output / 'skipped.jsonl'}" if result.skipped else ""))
     summary.add_row("time", f"{result.seconds:.1f} s, {result.images_per_second:.1f} images/s")
+    if config.engine == "ray":
+        summary.add_row("engine", f"ray, {result.nodes} node{'s' if result.nodes != 1 else ''}")
     summary.add_row("load with", f'datasets.load_dataset("{output}", split="train")')
     Console().print(summary)
     if preview is not None:

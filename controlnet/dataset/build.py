@@ -5,7 +5,8 @@
 The parts, one job each: :mod:`~controlnet.dataset.config` (what to build and its identity),
 :mod:`~controlnet.dataset.layout` (file names, columns, schema), :mod:`~controlnet.dataset.sources`
 (inputs and captions), :mod:`~controlnet.dataset.pipeline` (one input to one row),
-:mod:`~controlnet.dataset.engines.local` (the worker pool), :mod:`~controlnet.dataset.shards`
+:mod:`~controlnet.dataset.engines.local` (the worker pool) or :mod:`~controlnet.dataset.engines.ray`
+(a Ray cluster, ``engine="ray"``), :mod:`~controlnet.dataset.shards`
 (atomic shards and the skip log), :mod:`~controlnet.dataset.resume` (identity check and what is
 done) and :mod:`~controlnet.dataset.card`. This module runs them in order.
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,11 @@ from annotators.weights import WeightsNotFoundError
 from controlnet.dataset import card
 from controlnet.dataset.config import BuildConfig, BuildError, default_workers
 from controlnet.dataset.engines import local
-from controlnet.dataset.layout import SKIPPED_FILE, shard_paths
+from controlnet.dataset.layout import SKIPPED_FILE, Layout, shard_index, shard_paths
 from controlnet.dataset.pipeline import AnnotatorLoadError, Skip, skip_kind
 from controlnet.dataset.resume import PREVIEW_ROWS, finished_state, prepare_output
 from controlnet.dataset.shards import ShardWriter, SkipLog
-from controlnet.dataset.sources import Source, open_source
+from controlnet.dataset.sources import Source, SourceItem, open_source
 
 __all__ = [
     "BuildConfig",
@@ -64,6 +66,7 @@ class BuildResult:
     skipped_added: int
     seconds: float
     skip_kinds: dict[str, int]
+    nodes: int = 1  # machines that did the work (Ray nodes with --engine ray)
 
     @property
     def images_per_second(self) -> float:
@@ -87,12 +90,18 @@ def weights_identity(config: BuildConfig) -> dict[str, Any]:
 def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None = None, source: Source | None = None) -> BuildResult:
     """Build (or resume) the dataset described by ``config``.
 
-    ``progress`` is called once before the first image and after each chunk. Raises
+    ``progress`` is called once before the first image and after each chunk (each shard with the
+    Ray engine). Raises
     :class:`BuildError` for an output folder that cannot be used or an annotator that cannot load,
     and :class:`controlnet.dataset.sources.SourceError` for an input that cannot be read. On Ctrl-C
-    the rows already annotated are written as a finished shard before ``KeyboardInterrupt`` propagates.
+    the rows already annotated are written as a finished shard before ``KeyboardInterrupt`` propagates
+    (with the Ray engine, the shards its tasks finished are kept).
     """
     output = config.output
+    if config.engine == "ray":  # before anything is written: without Ray, say how to install it
+        from controlnet.dataset.engines import ray as ray_engine
+
+        ray_engine.require()
     if source is None:
         source = open_source(
             config.input,
@@ -134,40 +143,18 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             ),
         )
 
-    writer = ShardWriter(output, layout, config.shard_size, finished.next_index, on_shard=write_card)
     write_card()
     if progress is not None:
         progress(state)
     started = time.perf_counter()
-    pending = (item for item in source if item.file_name not in done)
-    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
-        config = dataclasses.replace(config, workers=1)
+    record = _Record(skip_log, kinds, state, tallies, finished.preview, layout)
     try:
-        for results in local.run(config, pending):
-            for result in results:
-                if isinstance(result, Skip):
-                    skip_log.add(result)
-                    kinds[result.kind] += 1
-                    state.skipped += 1
-                    continue
-                writer.add(result)
-                state.rows += 1
-                for column, tally in zip(layout.data_columns, result.tallies):
-                    tallies[column.name].update(tally)
-                if len(finished.preview) < PREVIEW_ROWS:
-                    finished.preview.append({"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height})
-            if progress is not None:
-                progress(state)
-    except BaseException as err:  # Ctrl-C included: the buffered rows are complete, so keep them if we can
-        try:
-            writer.close()
-        except Exception:
-            writer.abort()
-        if isinstance(err, AnnotatorLoadError):  # a fault of the set-up: one line, not a traceback
-            raise BuildError(str(err)) from None
-        raise
-    else:
-        writer.close()
+        if config.engine == "ray":
+            _run_ray(config, source, done, record, write_card, progress)
+        else:
+            _run_local(config, (item for item in source if item.file_name not in done), finished.next_index, record, write_card, progress)
+    except AnnotatorLoadError as err:  # a fault of the set-up: one line, not a traceback
+        raise BuildError(str(err)) from None
     finally:
         skip_log.close()
         write_card()
@@ -179,6 +166,87 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
         skipped_added=state.skipped,
         seconds=time.perf_counter() - started,
         skip_kinds=dict(kinds),
+        nodes=max(1, len(record.nodes)),
     )
+
+
+@dataclass
+class _Record:
+    """What this run adds, as it comes: skips go to the log at once, rows' statistics to the card."""
+
+    skip_log: SkipLog
+    kinds: Counter[str]
+    state: BuildProgress
+    tallies: dict[str, Counter[str]]
+    preview: list[dict[str, Any]]
+    layout: Layout
+    nodes: set[str] = field(default_factory=set)  # Ray nodes that did the work
+
+    def skip(self, skip: Skip) -> None:
+        self.skip_log.add(skip)
+        self.kinds[skip.kind] += 1
+        self.state.skipped += 1
+
+    def rows(self, count: int, tallies: list[Counter[str]], preview: list[dict[str, Any]]) -> None:
+        self.state.rows += count
+        for column, tally in zip(self.layout.data_columns, tallies):
+            self.tallies[column.name].update(tally)
+        self.preview.extend(preview[: max(0, PREVIEW_ROWS - len(self.preview))])
+
+
+def _run_local(
+    config: BuildConfig,
+    pending: Iterator[SourceItem],
+    next_index: int,
+    record: _Record,
+    write_card: Callable[[], None],
+    progress: Callable[[BuildProgress], None] | None,
+) -> None:
+    """The local engine's rows, written here in input order, in shards of ``shard_size`` rows."""
+    writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=write_card)
+    state = record.state
+    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
+        config = dataclasses.replace(config, workers=1)
+    try:
+        for results in local.run(config, pending):
+            for result in results:
+                if isinstance(result, Skip):
+                    record.skip(result)
+                    continue
+                writer.add(result)
+                preview = [{"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height}] if len(record.preview) < PREVIEW_ROWS else []
+                record.rows(1, result.tallies, preview)
+            if progress is not None:
+                progress(state)
+    except BaseException:  # Ctrl-C included: the buffered rows are complete, so keep them if we can
+        try:
+            writer.close()
+        except Exception:
+            writer.abort()
+        raise
+    writer.close()
+
+
+def _run_ray(
+    config: BuildConfig,
+    source: Source,
+    done: set[str],
+    record: _Record,
+    write_card: Callable[[], None],
+    progress: Callable[[BuildProgress], None] | None,
+) -> None:
+    """The Ray engine's shards, written by its tasks; here only their summaries are recorded."""
+    from controlnet.dataset.engines import ray as ray_engine
+
+    pending = ((position, item) for position, item in enumerate(source) if item.file_name not in done)
+    taken = {shard_index(path) for path in shard_paths(config.output)}
+    for summary in ray_engine.run(config, pending, taken):
+        for skip in summary.skips:
+            record.skip(skip)
+        record.rows(summary.rows, summary.tallies, summary.preview)
+        record.nodes |= summary.nodes
+        write_card()
+        if progress is not None:
+            progress(record.state)
 
 

@@ -25,13 +25,15 @@ if TYPE_CHECKING:
     from annotators.data import DataKind
     from controlnet.dataset.sources import Source
 
-__all__ = ["DEFAULT_RESOLUTION", "FORMAT_VERSION", "BuildConfig", "BuildError", "default_workers"]
+__all__ = ["DEFAULT_RESOLUTION", "ENGINES", "FORMAT_VERSION", "BuildConfig", "BuildError", "default_workers"]
 
 #: bumped when the same identity would give different rows (2: maps of re-encoded JPEGs are computed
 #: from the stored JPEG's pixels, gray sources are stored gray)
 FORMAT_VERSION = 2
 #: the reference annotators' default ``resize_image`` resolution
 DEFAULT_RESOLUTION = 512
+#: where a build runs: this machine's process pool, or a Ray cluster (controlnet.dataset.engines)
+ENGINES = ("local", "ray")
 
 
 class BuildError(RuntimeError):
@@ -79,6 +81,10 @@ class BuildConfig:
     jpeg_quality: int = param(95, "quality of the JPEG images written", ge=1, le=100)
     overwrite: bool = param(False, "replace an output folder built with other settings", runtime=True)
     license: str | None = param(None, "licence of the images, as a Hub licence id (e.g. cc-by-4.0, other); shown in the card", runtime=True)
+    engine: str = param("local", "where the images are processed: local (worker processes on this machine) or ray (a Ray cluster, pip install 'cn-annotate[ray]')", choices=ENGINES, runtime=True)
+    ray_address: str | None = param(None, "with --engine ray: the cluster to join, 'auto' (the one this machine belongs to) or its head's host:port (default: start Ray on this machine with --workers CPUs)", runtime=True)
+    ray_actors: int = param(0, "with --engine ray and an annotator on a GPU: annotating actors, each loading the models once (0: as many as the cluster's GPUs hold)", ge=0, runtime=True)
+    ray_gpus_per_actor: float = param(1.0, "with --engine ray: GPUs each annotating actor reserves (0.5: two actors share a GPU)", gt=0, runtime=True)
     central: bool | None = field(default=None)  # one annotating process; None: when an annotator runs on an accelerator
 
     def __post_init__(self) -> None:
@@ -96,6 +102,8 @@ class BuildConfig:
                 raise ValueError(f"{f.name} must be at least {meta['ge']}, got {value}")
             if meta["le"] is not None and value > meta["le"]:
                 raise ValueError(f"{f.name} must be at most {meta['le']}, got {value}")
+            if meta["gt"] is not None and value <= meta["gt"]:
+                raise ValueError(f"{f.name} must be more than {meta['gt']}, got {value}")
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
         if self.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):

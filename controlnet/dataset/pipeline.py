@@ -21,8 +21,8 @@ the suffix of the format its bytes are in.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
 from typing import Any
 
 import cv2
@@ -42,7 +42,7 @@ from annotators.image import (
 )
 from controlnet.dataset.config import filter_for
 from controlnet.dataset.layout import Layout
-from controlnet.dataset.sources import SourceItem
+from controlnet.dataset.sources import SourceItem, read_input
 
 __all__ = ["AnnotatorLoadError", "Pipeline", "Prepared", "Row", "Skip", "skip_kind"]
 
@@ -69,9 +69,14 @@ class Skip:
 @dataclass
 class Prepared:
     item: SourceItem
-    pixels: np.ndarray  # exactly what a reader decodes from ``image``
+    pixels: np.ndarray | None  # exactly what a reader decodes from ``image``; None once annotated
     image: bytes
     image_name: str  # the stored image's own path: file_name, with the suffix of its format
+    size: tuple[int, int]  # height, width of the pixels
+
+    def without_pixels(self) -> Prepared:
+        """What encoding the row still needs, once the annotators have seen the pixels."""
+        return replace(self, pixels=None)
 
 
 @dataclass
@@ -156,7 +161,7 @@ class Pipeline:
         try:
             if data is None:
                 try:
-                    data = Path(item.path or "").read_bytes()
+                    data = read_input(item.path or "")
                 except OSError as err:
                     raise ImageError(source, f"cannot read file ({err.strerror or err})") from None
             decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels)
@@ -169,7 +174,7 @@ class Pipeline:
             if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
                 # Nothing changed: keep the file as it is. A reader decodes the pixels decoded here
                 # (the JPEG fast path is bit-identical to Pillow's decoder).
-                return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format))
+                return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format), (pixels.shape[0], pixels.shape[1]))
             fmt = self.image_format if self.image_format != "auto" else "jpeg" if decoded.format in ("JPEG", "MPO") else "png"
             image = encode_image(pixels, fmt, quality=self.jpeg_quality, grayscale=decoded.gray)
             if fmt not in LOSSLESS_ENCODINGS:  # annotate what the stored bytes decode to, not what was encoded
@@ -178,7 +183,7 @@ class Pipeline:
             return Skip(item.file_name, item.path, err.reason)
         except (cv2.error, ValueError, MemoryError) as err:  # e.g. an unusable size: skip it, go on
             return Skip(item.file_name, item.path, f"corrupt or unusable image ({type(err).__name__}: {err})")
-        return Prepared(item, pixels, image, stored_name(item.file_name, fmt))
+        return Prepared(item, pixels, image, stored_name(item.file_name, fmt), (pixels.shape[0], pixels.shape[1]))
 
     def _annotate_all(self, annotator: Annotator, images: list[np.ndarray]) -> list[Annotation | str]:
         """Annotations, or an error message for the images the annotator fails on."""
@@ -195,7 +200,7 @@ class Pipeline:
 
     def _row(self, entry: Prepared, annotations: list[Annotation]) -> Row | Skip:
         item = entry.item
-        height, width = entry.pixels.shape[:2]
+        height, width = entry.size
         wrong = next((a.name for a, r in zip(self.annotators, annotations) if r.map.shape[:2] != (height, width)), None)
         if wrong is not None:
             return Skip(item.file_name, item.path, f"annotator {wrong} failed (its map is not the image's size)")
@@ -223,22 +228,38 @@ class Pipeline:
             tallies=tallies,
         )
 
-    def annotate(self, prepared: list[Prepared | Skip]) -> list[Row | Skip]:
-        """Condition maps (PNG) and structured data for each prepared image; skips pass through."""
-        ready = [p for p in prepared if isinstance(p, Prepared)]
+    def annotations(self, prepared: list[Prepared | Skip]) -> list[list[Annotation | str] | None]:
+        """Each annotator's result (or failure message) for each prepared image, None for skips: the
+        part of :meth:`annotate` that needs the annotators' backends (and the pixels)."""
+        ready = [index for index, entry in enumerate(prepared) if isinstance(entry, Prepared)]
+        found: list[list[Annotation | str] | None] = [None] * len(prepared)
         if not ready:
-            return list(prepared)  # type: ignore[arg-type]
+            return found
         self.load_all()
-        per_annotator = [self._annotate_all(a, [p.pixels for p in ready]) for a in self.annotators]
-        finished: dict[int, Row | Skip] = {}
-        for index, entry in enumerate(ready):
-            results = [column[index] for column in per_annotator]
+        images = [prepared[index].pixels for index in ready]  # type: ignore[union-attr]
+        per_annotator = [self._annotate_all(annotator, images) for annotator in self.annotators]  # type: ignore[arg-type]
+        for position, index in enumerate(ready):
+            found[index] = [column[position] for column in per_annotator]
+        return found
+
+    def finish(self, prepared: list[Prepared | Skip], annotations: list[list[Annotation | str] | None]) -> list[Row | Skip]:
+        """The rows (maps encoded as PNG, data encoded by its kind) from :meth:`annotations`;
+        skips pass through. Needs the annotators' classes and configs, not their backends."""
+        finished: list[Row | Skip] = []
+        for entry, results in zip(prepared, annotations):
+            if isinstance(entry, Skip) or results is None:
+                finished.append(entry)  # type: ignore[arg-type]
+                continue
             failure = next((r for r in results if isinstance(r, str)), None)
             if failure is not None:
-                finished[id(entry)] = Skip(entry.item.file_name, entry.item.path, failure)
+                finished.append(Skip(entry.item.file_name, entry.item.path, failure))
             else:
-                finished[id(entry)] = self._row(entry, results)  # type: ignore[arg-type]
-        return [finished[id(p)] if isinstance(p, Prepared) else p for p in prepared]
+                finished.append(self._row(entry, results))  # type: ignore[arg-type]
+        return finished
+
+    def annotate(self, prepared: list[Prepared | Skip]) -> list[Row | Skip]:
+        """Condition maps (PNG) and structured data for each prepared image; skips pass through."""
+        return self.finish(prepared, self.annotations(prepared))
 
     def process(self, chunk: list[SourceItem]) -> list[Row | Skip]:
         if any(a.preferred_batch_size > 1 for a in self.annotators):

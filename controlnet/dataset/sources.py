@@ -2,6 +2,8 @@
 
 An input is one of: a folder (searched recursively for image files), a single image, a text file
 listing image paths, or an existing dataset (a local folder that ``datasets`` reads, or a Hub id).
+Folders, images and listed paths may also be URLs (``s3://``, ``gs://``, ``file://`` or any
+scheme fsspec knows), read through pyarrow's filesystems (or fsspec's).
 Each yields :class:`SourceItem` records in a deterministic order, keyed by ``file_name``, the
 image's path relative to the input, which is what resuming a build relies on. No local path outside
 the input is stored: ``identity`` names the input by its folder or file name (a Hub dataset by its
@@ -16,10 +18,12 @@ image's folder and its parents up to the input); the dataset's caption column; t
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,9 @@ __all__ = [
     "Source",
     "SourceError",
     "SourceItem",
+    "is_url",
     "open_source",
+    "read_input",
 ]
 
 #: The ControlNet paper's default prompt, used when an image has no caption.
@@ -76,21 +82,70 @@ def _read_sidecar(path: Path) -> str | None:
         return None
 
 
-def _read_metadata(path: Path) -> dict[str, str]:
-    """``file_name -> text`` from an imagefolder metadata file (other columns are ignored)."""
+def _parse_metadata(lines: Iterable[str], jsonl: bool) -> dict[str, str]:
+    """``file_name -> text`` from the lines of an imagefolder metadata file (other columns are ignored)."""
+    rows: Any = (json.loads(line) for line in lines if line.strip()) if jsonl else csv.DictReader(lines)
     captions: dict[str, str] = {}
+    for row in rows:
+        if isinstance(row, dict) and row.get("file_name") and row.get("text") is not None:
+            captions[str(row["file_name"]).replace("\\", "/")] = str(row["text"])
+    return captions
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            if path.suffix == ".jsonl":
-                rows: Any = (json.loads(line) for line in handle if line.strip())
-            else:
-                rows = csv.DictReader(handle)
-            for row in rows:
-                if isinstance(row, dict) and row.get("file_name") and row.get("text") is not None:
-                    captions[str(row["file_name"]).replace("\\", "/")] = str(row["text"])
+            return _parse_metadata(handle, path.suffix == ".jsonl")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
         raise SourceError(f"{path}: cannot read captions ({err})") from None
-    return captions
+
+
+# --------------------------------------------------------------------------- URLs
+
+#: schemes whose pyarrow filesystem takes ``bucket/key`` paths, one client per bucket
+_BUCKET_SCHEMES = frozenset({"s3", "gs", "gcs"})
+
+
+def is_url(spec: str) -> bool:
+    """``scheme://...``; a Windows drive letter (``C:\\``) is not a scheme."""
+    scheme, sep, _ = spec.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").isalnum()
+
+
+@functools.lru_cache(maxsize=32)
+def _bucket_filesystem(root: str) -> Any:
+    """One client per bucket: creating one may look up the bucket's region over the network."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(root)[0]
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """A pyarrow filesystem and the path in it: pyarrow's own for ``file``, ``s3`` and ``gs``,
+    else fsspec's (which needs its package for the scheme, e.g. adlfs), wrapped for pyarrow."""
+    from pyarrow import fs
+
+    scheme, _, rest = url.partition("://")
+    if scheme == "file":
+        return fs.LocalFileSystem(), fs.FileSystem.from_uri(url)[1]
+    if scheme in _BUCKET_SCHEMES:
+        return _bucket_filesystem(f"{scheme}://{rest.split('/', 1)[0]}"), rest.rstrip("/")
+    import fsspec
+
+    filesystem, path = fsspec.core.url_to_fs(url)
+    return fs.PyFileSystem(fs.FSSpecHandler(filesystem)), path
+
+
+def read_input(path: str) -> bytes:
+    """The bytes of a local file or of a URL; OSError (FileNotFoundError, ...) when it cannot be read."""
+    if not is_url(path):
+        return Path(path).read_bytes()
+    try:
+        filesystem, inner = _filesystem(path)
+    except (ValueError, ImportError) as err:  # an unknown scheme, or fsspec's package for it is missing
+        raise OSError(f"cannot open {path.partition('://')[0]}:// URLs ({err})") from None
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()
 
 
 class _Captions:
@@ -159,16 +214,25 @@ class ListSource(Source):
         entries = [line.strip() for line in lines]
         entries = [entry for entry in entries if entry and not entry.startswith("#")]
         base = list_file.parent
-        paths = [Path(entry) if Path(entry).is_absolute() else base / entry for entry in entries]
-        self.files = dict(zip((_name_in(base, path) for path in paths), paths))  # a file listed twice is one input
+        self.files: dict[str, Path | str] = {}
+        for entry in entries:  # a file listed twice is one input
+            if is_url(entry):
+                self.files.setdefault(entry, entry)
+            else:
+                path = Path(entry) if Path(entry).is_absolute() else base / entry
+                self.files.setdefault(_name_in(base, path), path)
         self.captions = _Captions(prompt, {}, None)
+        self.prompt = prompt
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __iter__(self) -> Iterator[SourceItem]:
         for name, path in self.files.items():
-            yield SourceItem(name, self.captions(path), path=str(path))
+            if isinstance(path, str):  # a URL, read remotely; captions come from the prompt
+                yield SourceItem(name, self.prompt, path=path)
+            else:
+                yield SourceItem(name, self.captions(path), path=str(path))
 
 
 def _name_in(folder: Path, path: Path) -> str:
@@ -193,6 +257,72 @@ class SingleImageSource(Source):
 
     def __iter__(self) -> Iterator[SourceItem]:
         yield SourceItem(self.path.name, self.captions(self.path), path=str(self.path))
+
+
+class RemoteSource(Source):
+    """Image files under a URL (a "folder" prefix, searched recursively, or one image), sorted by
+    relative path, with sidecar ``.txt`` and ``metadata.jsonl``/``.csv`` captions as for a folder.
+    Hidden folders are not searched. Items carry the URL, which workers read with
+    :func:`read_input`."""
+
+    def __init__(self, url: str, prompt: str) -> None:
+        from pyarrow import fs
+
+        self.identity = {"kind": "url", "path": url}
+        self.prompt = prompt
+        try:
+            filesystem, base = _filesystem(url)
+            info = filesystem.get_file_info(base)
+            if info.type == fs.FileType.File:
+                self.images = [(base.rsplit("/", 1)[-1], url)]
+                self.captions: dict[str, str] = {}
+                return
+            if info.type != fs.FileType.Directory:
+                raise FileNotFoundError("no such file or folder")
+            found = filesystem.get_file_info(fs.FileSelector(base, recursive=True))
+        except (OSError, ValueError, ImportError) as err:
+            raise SourceError(f"{url}: cannot list ({err})") from None
+        root = url.rstrip("/")
+        files = {}
+        for entry in found:
+            relative = entry.path[len(base) :].lstrip("/")
+            if entry.type == fs.FileType.File and not any(part.startswith(".") for part in relative.split("/")[:-1]):
+                files[relative] = entry.path
+        captions: dict[str, str] = {}
+        for relative in sorted((r for r in files if r.rsplit("/", 1)[-1] in _METADATA_FILES), key=lambda r: -r.count("/")):
+            folder = relative.rpartition("/")[0]
+            text = self._read_text(filesystem, files[relative], url)
+            try:
+                found_captions = _parse_metadata(io.StringIO(text, newline=None), relative.endswith(".jsonl"))
+            except (json.JSONDecodeError, csv.Error) as err:
+                raise SourceError(f"{root}/{relative}: cannot read captions ({err})") from None
+            for file_name, caption in found_captions.items():
+                captions.setdefault(f"{folder}/{file_name}" if folder else file_name, caption)  # the nearest file wins
+        images = sorted(r for r in files if Path(r).suffix.lower() in IMAGE_SUFFIXES)
+        for relative in images:  # sidecars, the first choice
+            sidecar = str(Path(relative).with_suffix(".txt").as_posix())
+            if sidecar in files:
+                try:
+                    captions[relative] = self._read_text(filesystem, files[sidecar], url).strip()
+                except SourceError:  # as for a local folder: an unreadable sidecar leaves the next caption
+                    pass
+        self.images = [(relative, f"{root}/{relative}") for relative in images]
+        self.captions = captions
+
+    @staticmethod
+    def _read_text(filesystem: Any, path: str, url: str) -> str:
+        try:
+            with filesystem.open_input_stream(path) as stream:
+                return stream.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise SourceError(f"{url}: cannot read {path.rsplit('/', 1)[-1]} ({err})") from None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for file_name, url in self.images:
+            yield SourceItem(file_name, self.captions.get(file_name, self.prompt), path=url)
 
 
 class DatasetSource(Source):
@@ -308,11 +438,14 @@ def open_source(
     exclude: Path | None = None,
     revision: str | None = None,
 ) -> Source:
-    """The inputs named by ``spec``: a folder, an image, a list file, a dataset folder or a Hub id.
+    """The inputs named by ``spec``: a folder, an image, a list file, a dataset folder, a Hub id, or
+    the URL of a folder or an image.
 
     A folder is read as a dataset when ``image_column`` is given or it holds Parquet or Arrow
     files; otherwise it is searched for images. A path that does not exist is taken as a Hub id.
     """
+    if is_url(spec):
+        return RemoteSource(spec, prompt)
     path = Path(spec)
     if path.is_dir():
         if image_column is not None or caption_column is not None or _looks_like_dataset_folder(path):

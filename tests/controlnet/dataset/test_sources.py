@@ -13,9 +13,12 @@ from controlnet.dataset.sources import (
     DatasetSource,
     FolderSource,
     ListSource,
+    RemoteSource,
     SingleImageSource,
     SourceError,
+    SourceItem,
     open_source,
+    read_input,
 )
 from tests.controlnet.helpers import write_photo
 
@@ -54,6 +57,47 @@ def test_caption_precedence_sidecar_then_metadata_then_prompt(tmp_path: Path) ->
         "sub/d.jpg": "nested from jsonl",
         "sub/e.jpg": "from csv, with a comma",
     }
+
+
+def test_url_folder_gives_the_inputs_and_captions_of_the_folder(tmp_path: Path) -> None:
+    """``file://`` takes the pyarrow filesystem path that ``s3://`` and ``gs://`` take."""
+    for name in ("a.jpg", "b.jpg", "c.jpg", "sub/d.jpg", "sub/e.jpg"):
+        write_photo(tmp_path / name, 0)
+    write_photo(tmp_path / ".cache" / "hidden.jpg", 1)
+    (tmp_path / "notes.md").write_text("not an input")
+    (tmp_path / "a.txt").write_text("sidecar caption for a\n")
+    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "b.jpg", "text": "from jsonl"}) + "\n" + json.dumps({"file_name": "sub/d.jpg", "text": "far"}) + "\n")
+    (tmp_path / "sub" / "metadata.csv").write_text("file_name,text\nd.jpg,near\ne.jpg,from csv\n")
+    local = _items(open_source(str(tmp_path), prompt="the prompt"))
+    source = open_source(tmp_path.as_uri(), prompt="the prompt")
+    assert isinstance(source, RemoteSource) and len(source) == 5
+    remote = _items(source)
+    assert list(remote) == list(local) == ["a.jpg", "b.jpg", "c.jpg", "sub/d.jpg", "sub/e.jpg"]
+    assert {name: caption for name, (caption, _) in remote.items()} == {name: caption for name, (caption, _) in local.items()}
+    assert remote["sub/d.jpg"][0] == "near"  # the nearest metadata file wins, as in a folder
+    assert all(path == (tmp_path / name).as_uri() for name, (_, path) in remote.items())
+    assert read_input(remote["sub/e.jpg"][1] or "") == (tmp_path / "sub" / "e.jpg").read_bytes()
+    single = open_source((tmp_path / "c.jpg").as_uri())
+    assert [item.file_name for item in single] == ["c.jpg"]
+
+
+def test_list_file_may_list_urls(tmp_path: Path) -> None:
+    data = write_photo(tmp_path / "a.jpg", 0)
+    url = (tmp_path / "a.jpg").as_uri()
+    (tmp_path / "list.txt").write_text(f"{url}\nb.jpg\n")
+    items = list(open_source(str(tmp_path / "list.txt"), prompt="the prompt"))
+    assert items[0] == SourceItem(url, "the prompt", path=url)
+    assert items[1].path == str(tmp_path / "b.jpg")
+    assert read_input(url) == data
+
+
+def test_unreadable_urls_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"nowhere: cannot list \(no such file or folder\)"):
+        open_source((tmp_path / "nowhere").as_uri())
+    with pytest.raises(FileNotFoundError):
+        read_input((tmp_path / "nowhere.jpg").as_uri())
+    with pytest.raises(OSError, match="cannot open nosuchscheme:// URLs"):
+        read_input("nosuchscheme://bucket/a.jpg")
 
 
 def test_default_prompt_is_the_papers() -> None:
