@@ -121,8 +121,7 @@ def run_bare(args: argparse.Namespace) -> dict[str, float]:
     text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder").to(device, dtype)
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae").to(device, dtype)
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    levels = len(vae.config.block_out_channels)
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels]).to(device)
+    controlnet = ControlNetModel.from_unet(unet).to(device)
     unet.to(device, dtype)
     for frozen in (vae, text_encoder, unet):
         frozen.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Sampling from Stable Diffusion with one or more ControlNets, to see what a ControlNet learned.
+"""Sampling from Stable Diffusion (SD 1.x/2.x or SDXL) with one or more ControlNets, to see what a
+ControlNet learned. The base model's family picks the pipeline (see :mod:`controlnet.bases`).
 
 Several ControlNets make a MultiControlNet: their residuals are summed, each times its own scale.
 Guess mode follows the original ControlNet code: the unconditional half of classifier-free guidance
@@ -8,11 +9,14 @@ gets no control, and the residual of block ``i`` of ``n`` is scaled by ``0.825 *
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from annotators.base import param, range_error
+from controlnet.dtypes import DTYPE_NAMES
 
 GUESS_MODE_BASE = 0.825
 
@@ -28,43 +32,51 @@ def guess_mode_scales(count: int) -> list[float]:
 
 @dataclass
 class ControlNetSpec:
-    path: str
-    scale: float = 1.0
-    annotator: str | None = None  # annotate the raw image with this annotator id first
-    only_mid_control: bool = False  # trained with --only-mid-control: drop the down-block residuals
+    """One ControlNet of a sample run. ``cn-sample`` takes one ``--controlnet`` per spec; its other
+    options pair with the ControlNets in order."""
+
+    path: str = param(MISSING, "ControlNet folder, Hub id or single .safetensors file (repeatable)")
+    scale: float = param(1.0, "conditioning scale (repeatable)")
+    annotator: str | None = param(None, "annotate the raw image with this annotator id first; none: use it as it is (repeatable)")
+    only_mid_control: bool = param(False, "the ControlNets were trained with --only-mid-control: drop the down-block residuals")
 
 
 @dataclass
 class SampleConfig:
-    base_model: str
-    controlnets: list[ControlNetSpec]
-    images: list[str]  # one per ControlNet, or one shared by all
-    prompt: str = ""
-    negative_prompt: str = ""
-    output_dir: str = "samples"
-    revision: str | None = None
-    variant: str | None = None
-    steps: int = 20
-    guidance: float = 7.5
-    seed: int = 0
-    batch: int = 1
-    guess_mode: bool = False
-    control_start: float = 0.0
-    control_end: float = 1.0
-    width: int | None = None  # default: the first condition's size, rounded down to a multiple of 8
-    height: int | None = None
-    device: str | None = None  # default: cuda when available
-    dtype: str = "auto"  # "auto" (float16 on cuda, float32 on cpu), "float32", "float16", "bfloat16"
+    """A sample run. Each field declared with ``param()`` is a ``cn-sample`` option of the same name."""
+
+    base_model: str = param(MISSING, "diffusers pipeline folder or Hub id: SD 1.x/2.x or SDXL")
+    controlnets: list[ControlNetSpec] = field(default_factory=list)
+    images: tuple[str, ...] = param((), "condition image, or raw image with --annotator (repeatable: one, or one per ControlNet)")
+    prompt: str = param("", "prompt")
+    negative_prompt: str = param("", "negative prompt")
+    output_dir: str = param("samples", "folder for sample-*.png and grid.png")
+    revision: str | None = param(None, "base model revision")
+    variant: str | None = param(None, "base model weights variant")
+    vae: str | None = param(None, "a separate VAE folder or Hub id, e.g. an fp16-fixed SDXL VAE")
+    steps: int = param(20, "sampling steps", ge=1)
+    guidance: float = param(7.5, "classifier-free guidance scale", ge=0.0)
+    seed: int = param(0, "seed")
+    batch: int = param(1, "images to generate", ge=1)
+    guess_mode: bool = param(False, "no prompt needed: the paper's 0.825**(12-i) scales, no control on the unconditional half")
+    control_start: float = param(0.0, "fraction of steps where control starts", ge=0.0, le=1.0)
+    control_end: float = param(1.0, "fraction of steps where control ends", ge=0.0, le=1.0)
+    width: int | None = param(None, "output width (default: the condition's, rounded down to a multiple of 8)", ge=8)
+    height: int | None = param(None, "output height (default: the condition's, rounded down to a multiple of 8)", ge=8)
+    device: str | None = param(None, "cuda, cpu, ... (default: cuda when available)")
+    dtype: str = param("auto", "auto: float16 on cuda, float32 on cpu", choices=("auto", *DTYPE_NAMES))
 
     def __post_init__(self) -> None:
+        self.images = tuple(self.images)
         if not self.controlnets:
             raise SampleError("give at least one ControlNet")
         if len(self.images) not in (1, len(self.controlnets)):
             raise SampleError(f"give one image, or one per ControlNet ({len(self.controlnets)}); got {len(self.images)}")
-        if not 0.0 <= self.control_start < self.control_end <= 1.0:
+        out_of_range = range_error(self)
+        if out_of_range:
+            raise SampleError(out_of_range)
+        if not self.control_start < self.control_end:
             raise SampleError("need 0 <= control_start < control_end <= 1")
-        if self.steps < 1 or self.batch < 1:
-            raise SampleError("steps and batch must be >= 1")
 
 
 @dataclass
@@ -106,31 +118,27 @@ def _control_class() -> type:
 
 
 def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
-    """A diffusers ControlNet folder or Hub id, or a single original-layout ``.safetensors`` file."""
-    from controlnet.training.export import load_original_controlnet
+    """A diffusers ControlNet folder or Hub id, or a single ``.safetensors`` file (either layout)."""
+    from controlnet.dtypes import dtype_keyword
+    from controlnet.training.export import load_controlnet_file
 
     cls = _control_class()
     path = Path(spec.path)
     if path.is_file():
-        model = load_original_controlnet(path, cls)
+        model = load_controlnet_file(path, cls)
         if model.dtype != dtype:
             model.to(dtype=dtype)
     else:
-        model = cls.from_pretrained(spec.path, torch_dtype=dtype)
+        model = cls.from_pretrained(spec.path, **dtype_keyword(dtype))
     model.only_mid_control = spec.only_mid_control
     return model
 
 
-def _read_rgb(path: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
 def _conditions(config: SampleConfig) -> list[np.ndarray]:
     import annotators
+    from annotators.image import load_image
 
-    raw = [_read_rgb(p) for p in config.images]
+    raw = [load_image(p) for p in config.images]
     if len(raw) == 1:
         raw = raw * len(config.controlnets)
     conditions = []
@@ -142,21 +150,26 @@ def _conditions(config: SampleConfig) -> list[np.ndarray]:
 def _resolve_device(config: SampleConfig) -> tuple[str, Any]:
     import torch
 
+    from controlnet.dtypes import torch_dtype
+
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if config.dtype == "auto":
         return device, torch.float16 if device.startswith("cuda") else torch.float32
-    if config.dtype not in names:
-        raise SampleError(f"dtype must be auto or one of {', '.join(names)}")
-    return device, names[config.dtype]
+    return device, torch_dtype(config.dtype)
 
 
 def sample(config: SampleConfig) -> SampleResult:
     """Generate ``config.batch`` images and write them, with a grid (conditions | samples)."""
     import torch
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+    from diffusers import UniPCMultistepScheduler
     from PIL import Image
 
+    from controlnet.bases import UnsupportedBaseError, load_base
+
+    try:
+        base = load_base(config.base_model, config.revision, config.variant)
+    except UnsupportedBaseError as error:
+        raise SampleError(str(error)) from None
     device, dtype = _resolve_device(config)
     conditions = _conditions(config)
     height, width = conditions[0].shape[:2]
@@ -166,14 +179,9 @@ def sample(config: SampleConfig) -> SampleResult:
 
     models = [load_controlnet(spec, dtype) for spec in config.controlnets]
     single = len(models) == 1
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-        config.base_model, controlnet=models[0] if single else models, revision=config.revision,
-        variant=config.variant, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    scheduler = base.load_scheduler(UniPCMultistepScheduler)
+    pipeline = base.pipeline(base.load_parts(dtype, config.vae), models[0] if single else models, scheduler)
     pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
     scales = [spec.scale for spec in config.controlnets]
     generator = torch.Generator(device=device).manual_seed(config.seed)
     output = pipeline(

@@ -51,7 +51,7 @@ def short_run(tiny_base: Path, fixed_batch_dataset: Path, tmp_path_factory: pyte
     config = TrainConfig(
         base_model=str(tiny_base), dataset=str(fixed_batch_dataset),
         output_dir=str(tmp_path_factory.mktemp("short-run")), resolution=32, train_batch_size=2, max_steps=30,
-        learning_rate=1e-3, empty_prompt_prob=0.0, checkpointing_steps=0, validation_steps=30,
+        learning_rate=3e-3, empty_prompt_prob=0.0, checkpointing_steps=0, validation_steps=30,
         validation_inference_steps=2, num_validation_rows=2, num_validation_images=2,
     )
     return train(config)

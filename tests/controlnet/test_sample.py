@@ -37,7 +37,7 @@ def test_guess_mode_scales_the_residuals_of_a_trained_controlnet(short_run) -> N
     controlnet = load_controlnet(ControlNetSpec(str(short_run.controlnet_dir)), torch.float32)
     torch.manual_seed(0)
     inputs = {
-        "sample": torch.randn(1, 4, 16, 16), "timestep": torch.tensor([500]),
+        "sample": torch.randn(1, 4, 4, 4), "timestep": torch.tensor([500]),
         "encoder_hidden_states": torch.randn(1, 77, 32), "controlnet_cond": torch.rand(1, 3, 32, 32),
         "return_dict": False,
     }
