@@ -45,6 +45,11 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _stop(progress: Progress) -> None:
+    if progress.live.is_started:
+        progress.stop()
+
+
 def run_training(**options: Any) -> None:
     quiet_libraries()
     if _is_main_process():
@@ -52,20 +57,24 @@ def run_training(**options: Any) -> None:
     from controlnet.training.data import DataError
     from controlnet.training.trainer import TrainError, train
 
+    # The bar appears with the first step, so that a run refused at setup prints only its error.
+    progress = Progress(
+        TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        TimeRemainingColumn(), disable=not _is_main_process(),
+    )
     try:
         config = TrainConfig(**given_values(TrainConfig, options))
-        with Progress(
-            TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeRemainingColumn(), disable=not _is_main_process(),
-        ) as progress:
-            task = progress.add_task("", total=config.max_steps)
+        task = progress.add_task("", total=config.max_steps)
 
-            def report(step: int, logs: dict[str, float]) -> None:
-                progress.update(task, completed=step, description=f"loss {logs['loss']:.4f}")
+        def report(step: int, logs: dict[str, float]) -> None:
+            progress.start()
+            progress.update(task, completed=step, description=f"loss {logs['loss']:.4f}")
 
-            result = train(config, progress=report)
+        result = train(config, progress=report)
     except (TrainError, DataError, FileNotFoundError, OSError, ValueError) as error:
+        _stop(progress)
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    _stop(progress)
     if _is_main_process():
         typer.echo(f"step {result.global_step}: ControlNet saved to {result.controlnet_dir}")
 

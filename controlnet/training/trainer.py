@@ -232,6 +232,15 @@ class _Trainer:
                 shutil.rmtree(stale, ignore_errors=True)  # left by a killed run mid-save
         accelerator.wait_for_everyone()
 
+        try:
+            self.resumed_from = resume_dir(c.resume, self.output_dir)
+        except RunFolderError as error:
+            raise TrainError(str(error)) from None
+        if self.resumed_from is not None:
+            self.announce(f"resuming from {self.resumed_from}")
+        elif c.resume == "latest":
+            self.announce(f"no checkpoint in {self.output_dir} to resume from: starting fresh")
+
         self.weight_dtype = torch_dtype(c.mixed_precision)
         self.load_models()
         self.prepare_training()
@@ -241,17 +250,9 @@ class _Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(c.seed * 1_000_003 + rank)
         self.global_step = 0
         self.position = Position()
-        try:
-            found = resume_dir(c.resume, self.output_dir)
-        except RunFolderError as error:
-            raise TrainError(str(error)) from None
-        if found is not None:
-            self.load_checkpoint(found)
-            self.resumed_from = found
-            if accelerator.is_main_process:
-                logger.info("resumed from %s (step %d)", found.name, self.global_step)
-        elif c.resume == "latest" and accelerator.is_main_process:
-            logger.info("no checkpoint in %s to resume from: starting fresh", self.output_dir)
+        if self.resumed_from is not None:
+            self.load_checkpoint(self.resumed_from)
+            self.announce(f"resumed at step {self.global_step}")
 
     def load_models(self) -> None:
         import torch
