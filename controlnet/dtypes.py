@@ -35,3 +35,13 @@ def dtype_keyword(dtype: Any, library: str = "diffusers") -> dict[str, Any]:
     diffusers pipelines pass it on to their transformers parts themselves."""
     key = "dtype" if _release(library) >= _DTYPE_KEYWORD_SINCE[library] else "torch_dtype"
     return {key: dtype}
+
+
+def cast(model: Any, dtype: Any) -> Any:
+    """``model`` with its floating-point weights in ``dtype``, in place. Through ``float()``,
+    ``half()`` and ``bfloat16()`` rather than ``to(dtype)``, which in diffusers warns on every call,
+    whether or not the model has modules to keep in float32 (ours have none)."""
+    import torch
+
+    casts = {torch.float32: model.float, torch.float16: model.half, torch.bfloat16: model.bfloat16}
+    return casts[dtype]()

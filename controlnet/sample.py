@@ -119,7 +119,7 @@ def _control_class() -> type:
 
 def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
     """A diffusers ControlNet folder or Hub id, or a single ``.safetensors`` file (either layout)."""
-    from controlnet.dtypes import dtype_keyword
+    from controlnet.dtypes import cast, dtype_keyword
     from controlnet.training.export import load_controlnet_file
 
     cls = _control_class()
@@ -127,7 +127,7 @@ def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
     if path.is_file():
         model = load_controlnet_file(path, cls)
         if model.dtype != dtype:
-            model.to(dtype=dtype)
+            cast(model, dtype)
     else:
         model = cls.from_pretrained(spec.path, **dtype_keyword(dtype))
     model.only_mid_control = spec.only_mid_control

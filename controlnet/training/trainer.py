@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from annotators.base import param, range_error
+from controlnet.dtypes import cast
 from controlnet.training.checkpoints import (
     CHECKPOINT_PREFIX,
     CONFIG_FILE,
@@ -274,13 +275,17 @@ class _Trainer:
             downsampling = 2 ** (len(self.vae.config.block_out_channels) - 1)
             if downsampling != 8:
                 raise TrainError(f"the base's VAE downsamples {downsampling}x; a ControlNet's condition encoder downsamples 8x")
-            self.controlnet = ControlNetModel.from_unet(self.unet)
+            # The condition encoder starts from random weights: drawn from the run's seed, not from
+            # whatever the global generator holds, so that one seed gives one run.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(c.seed)
+                self.controlnet = ControlNetModel.from_unet(self.unet)
         for model in (self.vae, *self.text.encoders, self.unet):
             model.requires_grad_(False)
             model.eval()
             model.to(self.device)
         if not c.unlock_decoder and self.weight_dtype != torch.float32:
-            self.unet.to(dtype=self.weight_dtype)  # a trained decoder keeps float32 weights under autocast
+            cast(self.unet, self.weight_dtype)  # a trained decoder keeps float32 weights under autocast
 
     def prepare_training(self) -> None:
         import torch
@@ -289,7 +294,7 @@ class _Trainer:
         c, accelerator = self.config, self.accelerator
         self.controlnet.to(self.device)
         if self.controlnet.dtype != torch.float32:
-            self.controlnet.to(dtype=torch.float32)
+            cast(self.controlnet, torch.float32)
         self.controlnet.train()
         groups = [{"params": list(self.controlnet.parameters()), "lr": c.learning_rate}]
         if c.unlock_decoder:
@@ -599,7 +604,7 @@ class _Trainer:
     def half_copy(self, model: Any) -> Any:
         copy = type(model).from_config(model.config)
         copy.load_state_dict(model.state_dict())
-        return copy.to(self.device, dtype=self.weight_dtype).eval()
+        return cast(copy, self.weight_dtype).to(self.device).eval()
 
     def decode(self, latents: Any, pipeline: Any) -> list[np.ndarray]:
         """Samples from latents, decoded by the VAE in its own dtype (SDXL's may be float32 while

@@ -99,3 +99,17 @@ def test_mismatched_counts_are_clear_errors(short_run, tiny_base: Path, raw_phot
             "--scale", "1", "--scale", "1", "--scale", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "--scale" in result.output
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_conditions_are_read_as_annotators_read_images(short_run, tiny_base: Path, tmp_path: Path) -> None:
+    """Alpha over white (and EXIF orientation) as annotators.image decodes; no deprecated arguments."""
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16, 3] = 255  # right half transparent
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba).save(path)
+    result = sample(SampleConfig(
+        base_model=str(tiny_base), controlnets=[ControlNetSpec(str(short_run.controlnet_dir))], images=[str(path)],
+        steps=1, output_dir=str(tmp_path / "out"),
+    ))
+    assert (result.conditions[0][:, 16:] == 255).all() and (result.conditions[0][:, :16] == 0).all()
