@@ -1,13 +1,16 @@
-"""The one map from dtype names (as options spell them) to torch dtypes, and the keyword that passes
-a dtype to ``from_pretrained`` under the installed diffusers and transformers."""
+"""Dtype names (as options spell them; the names themselves are the annotators', one list for all)
+to torch dtypes, and the keyword that passes a dtype to ``from_pretrained`` under the installed
+diffusers and transformers."""
 
 from __future__ import annotations
 
 from importlib.metadata import version
 from typing import Any
 
-#: ``--dtype`` names of cn-sample
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
+from annotators.neural import DTYPE_NAMES
+
+__all__ = ["DTYPE_NAMES", "MIXED_PRECISION", "cast", "dtype_keyword", "torch_dtype"]
+
 #: accelerate's ``--mixed-precision`` names -> the dtype of the frozen models
 MIXED_PRECISION = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

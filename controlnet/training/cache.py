@@ -85,7 +85,8 @@ class ShardReader:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.count = int(json.loads((folder / MANIFEST).read_text())["count"])
+        manifest = json.loads((folder / MANIFEST).read_text())
+        self.count, self.shard_rows = int(manifest["count"]), int(manifest["shard_rows"])
         self._handles: dict[int, Any] = {}
 
     def _handle(self, shard: int) -> Any:
@@ -100,7 +101,7 @@ class ShardReader:
         for index in indices:
             if not 0 <= index < self.count:
                 raise IndexError(f"cache {self.folder.name} has {self.count} items, not {index + 1}")
-            shard, offset = divmod(index, SHARD_ROWS)
+            shard, offset = divmod(index, self.shard_rows)
             rows.append(self._handle(shard).get_slice(name)[offset : offset + 1])
         return torch.cat(rows)
 
