@@ -235,8 +235,18 @@ def build_sdxl_size_pipeline(folder: Path) -> Path:
     """SDXL's architecture (the configs of stabilityai/stable-diffusion-xl-base-1.0) with random
     weights, and the merge-free test tokenizer: the memory and speed of a real SDXL step, offline."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
 
     from controlnet.testing import MAX_TOKENS, write_tokenizer
 

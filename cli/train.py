@@ -16,7 +16,7 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -106,7 +106,7 @@ def export_command(
     output: Annotated[Path, typer.Argument(help="the .safetensors file to write")],
     half: Annotated[bool, Opt(help="store float16 weights")] = False,
     layout: Annotated[
-        Optional[str],  # noqa: UP007 (typer reads Optional)
+        str | None,
         Opt(help="original (control_model.* keys) or diffusers (the model's own keys); default: original for SD 1.x/2.x, diffusers for SDXL"),
     ] = None,
 ) -> None:

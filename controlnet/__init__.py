@@ -4,8 +4,10 @@
     >>> controlnet.train(controlnet.TrainConfig(base_model=..., dataset=...))
     >>> controlnet.sample(controlnet.SampleConfig(base_model=..., controlnets=[...], images=[...]))
 
-Subpackages by job: ``controlnet.dataset`` (the builder, sources, card, push) and
-``controlnet.training`` (trainer, data pipeline, export); ``controlnet.sample`` is the sampler. The
+Subpackages by job: ``controlnet.dataset`` (the builder, sources, card, push),
+``controlnet.training`` (trainer, data pipeline, caches, run folder, export) and
+``controlnet.bases`` (the SD 1.x/2.x and SDXL families the trainer and the sampler load);
+``controlnet.sample`` is the sampler. The
 names exported here are light: torch, diffusers and accelerate load when a function runs.
 """
 

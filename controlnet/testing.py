@@ -141,7 +141,11 @@ def build_tiny_sdxl_pipeline(folder: str | Path, seed: int = 0, channels: int = 
     added embedding of pooled text and six size numbers; a VAE that downsamples 8x, in float32 as
     SDXL's must be) at sizes a CPU trains in seconds."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     folder = Path(folder)

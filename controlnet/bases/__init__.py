@@ -6,7 +6,7 @@ samples it. The trainer (its validation) and the sampler load a base's parts and
 pipelines only through :class:`BaseModel`, so both see the same models the same way.
 """
 
-from controlnet.bases.model import BaseModel, Parts, UnsupportedBaseError, load_base
 from controlnet.bases.family import Family, Prompt, TextParts
+from controlnet.bases.model import BaseModel, Parts, UnsupportedBaseError, load_base
 
 __all__ = ["BaseModel", "Family", "Parts", "Prompt", "TextParts", "UnsupportedBaseError", "load_base"]

@@ -201,7 +201,13 @@ class _Trainer:
 
         from controlnet.bases import UnsupportedBaseError, load_base
         from controlnet.dtypes import torch_dtype
-        from controlnet.training.data import Columns, Position, check_columns, load_rows, undecoded
+        from controlnet.training.data import (
+            Columns,
+            Position,
+            check_columns,
+            load_rows,
+            undecoded,
+        )
 
         c = self.config
         for role, source in (("dataset", c.dataset), ("init ControlNet", c.init_controlnet), ("VAE", c.vae)):
@@ -332,7 +338,13 @@ class _Trainer:
     def prepare_caches(self) -> None:
         """Encode what ``cache_latents`` / ``cache_text_embeddings`` ask for (or find it encoded
         beside the run), then move the models that are no longer needed off the accelerator."""
-        from controlnet.training.cache import ShardReader, Sync, TextCache, distinct_captions, ensure
+        from controlnet.training.cache import (
+            ShardReader,
+            Sync,
+            TextCache,
+            distinct_captions,
+            ensure,
+        )
 
         c, accelerator = self.config, self.accelerator
         if not (c.cache_latents or c.cache_text_embeddings):

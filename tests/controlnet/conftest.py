@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from controlnet.testing import build_tiny_pipeline, build_tiny_sdxl_pipeline, write_dataset
+from controlnet.testing import (
+    build_tiny_pipeline,
+    build_tiny_sdxl_pipeline,
+    write_dataset,
+)
 
 CAPTIONS = ["an astronaut", "a cup of coffee", "a cat", "a man with a camera"]
 

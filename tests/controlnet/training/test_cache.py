@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from controlnet.training import cache
-from controlnet.training.cache import ShardReader, Sync, TextCache, distinct_captions, ensure
+from controlnet.training.cache import (
+    ShardReader,
+    Sync,
+    TextCache,
+    distinct_captions,
+    ensure,
+)
 
 
 def _in_processes(world: int, work) -> list:
@@ -21,7 +27,7 @@ def _in_processes(world: int, work) -> list:
     def run(rank: int) -> None:
         try:
             results[rank] = work(Sync(rank, world, barrier.wait))
-        except BaseException as error:  # noqa: BLE001 (reported below)
+        except BaseException as error:
             errors.append(error)
             barrier.abort()
 

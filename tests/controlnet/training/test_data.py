@@ -22,8 +22,7 @@ def test_crop_geometry_names_the_pixels_that_were_cut() -> None:
         top, left = pair.crop_top_left
         pixels = (pair.pixels.numpy().transpose(1, 2, 0) + 1) * 127.5
         flipped = resized[:, ::-1]  # the corner of a flipped crop is named in the flipped image
-        window = lambda image: image[top : top + 24, left : left + 24]  # noqa: E731
-        matches = [np.abs(window(image) - pixels).max() < 1e-3 for image in (resized, flipped)]
+        matches = [np.abs(image[top : top + 24, left : left + 24] - pixels).max() < 1e-3 for image in (resized, flipped)]
         assert any(matches), (seed, top, left)
         corners.add((left, matches[1]))
     assert len(corners) > 3  # the corners and flips vary, and each is recorded where it happened
@@ -36,7 +35,8 @@ def _encoded(image: Image.Image, fmt: str, **save: object) -> bytes:
 
 
 def test_images_decode_with_exif_orientation_and_alpha_over_white() -> None:
-    from datasets import Dataset, Features, Image as ImageFeature, Value
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
 
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[..., 0] = 200

@@ -45,7 +45,7 @@ def test_controlnet_is_sdxl_shaped_and_validation_samples_the_same_way(sdxl_shor
 def _expected_time_ids(dataset: Path, resolution: int) -> dict[str, list[float]]:
     """(original h, w, crop top, left, target h, w) of each row's centre crop, computed from the
     stored images themselves."""
-    from controlnet.training.data import decode, load_rows, undecoded, Columns
+    from controlnet.training.data import Columns, decode, load_rows, undecoded
 
     rows = undecoded(load_rows(str(dataset)), Columns())
     expected = {}
