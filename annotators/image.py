@@ -23,6 +23,7 @@ __all__ = [
     "ImageError",
     "decode_image",
     "decode_image_info",
+    "encode_image",
     "encode_png",
     "hwc3",
     "load_image",
@@ -36,6 +37,13 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+
+#: Pillow modes whose pixels are gray levels (after alpha is composited over white).
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+#: What :func:`encode_image` writes; the lossless ones decode to exactly the pixels they were given.
+IMAGE_ENCODINGS = ("jpeg", "png", "webp")
+LOSSLESS_ENCODINGS = frozenset({"png", "webp"})
 
 
 class ImageError(ValueError):
@@ -121,11 +129,13 @@ class DecodedImage:
 
     ``plain`` is true when the pixels are exactly what any reader gets by decoding the file and
     converting it to RGB: no EXIF rotation was applied and there was no alpha or high bit depth.
+    ``gray`` is true when the file holds gray levels (its three decoded channels are equal).
     """
 
     pixels: np.ndarray
     format: str
     plain: bool
+    gray: bool = False
 
 
 # EXIF orientation -> the numpy operations that undo it (as ImageOps.exif_transpose does).
@@ -198,15 +208,16 @@ def decode_image_info(
             exif = img.getexif()
             orientation = int(exif.get(0x0112, 1)) if exif else 1
             plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
+            gray = img.mode in GRAY_MODES
             if img.format == "JPEG":
                 fast = _decode_jpeg_fast(data, img.mode)
                 if fast is not None and fast.shape[:2] == (height, width):
-                    return DecodedImage(_apply_orientation(fast, orientation), img.format, plain)
+                    return DecodedImage(_apply_orientation(fast, orientation), img.format, plain, gray)
             fmt = img.format
             img.seek(0)  # first frame of animations
             img = ImageOps.exif_transpose(img) if exif else img
             img.load()
-            return DecodedImage(np.ascontiguousarray(_to_rgb_array(img)), fmt, plain)
+            return DecodedImage(np.ascontiguousarray(_to_rgb_array(img)), fmt, plain, gray)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -258,3 +269,20 @@ def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int |
         raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
     return buf.tobytes()
 
+
+def encode_image(image: np.ndarray, fmt: str, *, quality: int = 95, grayscale: bool = False) -> bytes:
+    """An HxWx3 RGB uint8 image as ``fmt``: ``jpeg`` (lossy, at ``quality``), ``png`` or ``webp``
+    (both lossless). ``grayscale`` stores channel 0 alone in JPEG and PNG; WebP has no gray mode,
+    so a gray image is stored there with three equal channels."""
+    if fmt == "png":
+        return encode_png(image, grayscale=grayscale)
+    pixels = single_channel(image) if grayscale and fmt == "jpeg" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    elif fmt == "webp":
+        ok, buf = cv2.imencode(".webp", pixels, [cv2.IMWRITE_WEBP_QUALITY, 101])  # above 100: lossless
+    else:
+        raise ValueError(f"cannot encode images as {fmt!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
+    if not ok:
+        raise ValueError(f"{fmt} encoding failed for an array of shape {image.shape}")
+    return buf.tobytes()

@@ -1,5 +1,10 @@
 """Typer options generated from config dataclasses: one option per field declared with ``param()``,
-its help and range from the field, so no option is copied by hand into a command line."""
+its help, range and default from the field, so no option is copied by hand into a command line.
+
+Also the command and group classes every CLI uses, for help that reads conventionally in 80
+columns: ``INPUT`` rather than typer's ``{INPUT}`` in the usage line, no ``<bool>`` after flags
+(``--help`` included), ``[default: 100]`` rather than ``[default: (100)]``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,12 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Optional
 
 import typer
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from annotators.base import described_fields
 
-__all__ = ["config_parameters", "option_name", "given_values"]
+__all__ = ["Command", "Group", "config_parameters", "option_name", "given_values"]
 
 
 def option_name(field_name: str) -> str:
@@ -34,6 +41,26 @@ def _value_type(field: dataclasses.Field) -> Any:
     return type(default)
 
 
+def _number(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _help(field: dataclasses.Field) -> str:
+    """The field's help, its range or choices and its default, as the help panel shows them."""
+    meta, default = field.metadata, field.default
+    bounds = [f"{word} {_number(meta[key])}" for key, word in (("ge", "at least"), ("gt", "over"), ("le", "at most"), ("lt", "under")) if meta.get(key) is not None]
+    if meta.get("ge") is not None and meta.get("le") is not None:
+        bounds = [f"{_number(meta['ge'])} to {_number(meta['le'])}"]
+    if meta.get("choices"):
+        bounds = ["one of " + ", ".join(map(str, meta["choices"]))]
+    text = meta["help"] + (f" ({'; '.join(bounds)})" if bounds else "")
+    if default is True:
+        text += " [default: on]"
+    elif default not in (None, False, dataclasses.MISSING, (), ""):
+        text += f" [default: {default}]"
+    return escape(text)  # the help is rich markup: "[default: 1]" must not read as a style
+
+
 def config_parameters(
     config_cls: type, *, exclude: Iterable[str] = (), panel: str | None = None,
     flags: Mapping[str, tuple[str, ...]] | None = None, repeated: bool = False,
@@ -41,25 +68,25 @@ def config_parameters(
     """One keyword parameter per ``param()`` field of ``config_cls`` (a dataclass), with its help,
     range and default shown. Options default to None, so that only what the user typed overrides the
     config's own defaults (see :func:`given_values`); a field without a default is a required option.
+    A flag whose default is off is ``--name`` alone; one that defaults to on is ``--name/--no-name``.
 
     ``flags`` replaces a field's option names (``{"output_dir": ("--output-dir", "-o")}``). A field
-    whose default is a tuple, and with ``repeated`` every field but the on/off ones, is a repeatable
-    option whose values arrive as a list (for configs of which a command takes several)."""
+    whose default is a tuple, and with ``repeated`` every field but the flags, is a repeatable option
+    whose values arrive as a list (for configs of which a command takes several)."""
     skipped = set(exclude)
     renamed = dict(flags or {})
     parameters = []
-    for field, help_text in described_fields(config_cls):
+    for field, _ in described_fields(config_cls):
         if field.name in skipped:
             continue
         default = field.default
-        switch = isinstance(default, bool)
         names = renamed.get(field.name, (option_name(field.name),))
-        if switch:
+        if default is True:
             names = (f"{names[0]}/--no-{names[0].removeprefix('--')}", *names[1:])
-        shown = default not in (None, dataclasses.MISSING, (), "")
-        option = typer.Option(*names, help=help_text, show_default=str(default) if shown else False, rich_help_panel=panel)
+        metavar = "<choice>" if field.metadata.get("choices") else None  # the choices are listed in the help
+        option = typer.Option(*names, help=_help(field), metavar=metavar, show_default=False, rich_help_panel=panel)
         value_type = _value_type(field)
-        if isinstance(default, tuple) or (repeated and not switch):
+        if isinstance(default, tuple) or (repeated and not isinstance(default, bool)):
             value_type = list[value_type]  # type: ignore[valid-type]
         if default is dataclasses.MISSING:
             annotation, fallback = Annotated[value_type, option], inspect.Parameter.empty
@@ -74,3 +101,36 @@ def given_values(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
     option), to pass to its constructor."""
     names = {field.name for field, _ in described_fields(config_cls)}
     return {name: value for name, value in values.items() if name in names and value is not None and value != []}
+
+
+def _untyped_flags(params: Iterable[Any]) -> None:
+    """Flags take no value: no type label after them (typer shows ``<bool>``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """A typer command whose help reads conventionally (see the module docstring)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    """A typer group whose help reads conventionally (see the module docstring)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(self.get_params(ctx))
+        super().format_help(ctx, formatter)

@@ -3,9 +3,13 @@
     cn-sample --base-model sd15 --controlnet out/controlnet --image edges.png --prompt "a house"
     cn-sample --base-model sd15 --controlnet canny_cn --annotator canny --image photo.jpg --batch 4
     cn-sample --base-model sd15 --controlnet a --scale 1.0 --image a.png --controlnet b --scale 0.5 --image b.png
+    cn-sample --base-model sd15 --controlnet out/controlnet --dataset ./ds --split train --limit 100 -o samples
 
 Repeating ``--controlnet`` builds a MultiControlNet; ``--scale``, ``--image`` and ``--annotator``
 pair with the ControlNets in order (a single value applies to all; ``--annotator none`` skips one).
+With ``--dataset`` the conditions and captions of the dataset's rows are sampled instead of images
+(``--annotator`` then picks the dataset annotator's condition column), one sample file per row named
+after its ``file_name``; ``cn-eval`` then scores them. Every run writes ``manifest.jsonl``.
 The options are generated from :class:`controlnet.sample.SampleConfig` and ``ControlNetSpec``.
 """
 
@@ -18,7 +22,7 @@ from typing import Any, TypeVar
 import typer
 
 from cli.common import fail, quiet_libraries
-from cli.options import config_parameters, given_values
+from cli.options import Command, config_parameters, given_values
 from controlnet.sample import ControlNetSpec, SampleConfig
 
 T = TypeVar("T")
@@ -63,7 +67,8 @@ def run_sampling(**options: Any) -> None:
         result = sample(config)
     except (SampleError, FileNotFoundError, OSError, ValueError) as error:
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-    typer.echo(f"wrote {len(result.paths)} samples and {result.grid_path}")
+    grid = " and grid.png" if result.grid_path else ""
+    typer.echo(f"wrote {len(result.paths)} samples, manifest.jsonl{grid} to {config.output_dir}")
 
 
 def _sample_command() -> Any:
@@ -81,7 +86,7 @@ def _sample_command() -> Any:
 
 
 app = typer.Typer(add_completion=False, help="Sample Stable Diffusion (SD 1.x/2.x or SDXL) with one or more ControlNets.")
-app.command(name="cn-sample")(_sample_command())
+app.command(name="cn-sample", cls=Command)(_sample_command())
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from rich.progress import (
 )
 
 from cli.common import fail, quiet_libraries, show_notices
-from cli.options import config_parameters, given_values
+from cli.options import Command, config_parameters, given_values
 from controlnet.training.trainer import TrainConfig
 
 #: option names other than the field's own
@@ -95,12 +95,12 @@ train_app = typer.Typer(
     help="Train a ControlNet (the paper's recipe) on a cn-annotate dataset, on an SD 1.x/2.x or SDXL base. "
     "`cn-train export --help`: write the trained ControlNet as one file for A1111 / ComfyUI.",
 )
-train_app.command(name="cn-train")(_train_command())
+train_app.command(name="cn-train", cls=Command)(_train_command())
 export_app = typer.Typer(add_completion=False, help="Write a diffusers ControlNet as one .safetensors file for A1111 / ComfyUI.")
 Opt = typer.Option
 
 
-@export_app.command()
+@export_app.command(cls=Command)
 def export_command(
     controlnet: Annotated[Path, typer.Argument(help="diffusers ControlNet folder (e.g. out/controlnet)")],
     output: Annotated[Path, typer.Argument(help="the .safetensors file to write")],

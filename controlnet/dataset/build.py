@@ -101,9 +101,11 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             caption_column=config.caption_column,
             split=config.split,
             exclude=output,
+            revision=config.revision,
         )
     layout = config.layout()
     identity = config.identity(source, weights_identity(config))
+    license = config.license or card.previous_license(output)  # a resumed run keeps the licence given before
     prepare_output(output, identity, config.overwrite)
 
     finished = finished_state(output, layout)
@@ -128,6 +130,7 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
                 preview=finished.preview,
                 versions=versions,
                 data_bytes=sum(shard.stat().st_size for shard in shard_paths(output)),
+                license=license,
             ),
         )
 

@@ -14,7 +14,7 @@ SDXL's micro-conditioning takes as input.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,13 +106,13 @@ def load_rows(source: str, split: str = "train", revision: str | None = None, st
     return load_dataset(source, split=split, revision=revision, streaming=streaming)
 
 
-def undecoded(rows: Any, columns: Columns) -> Any:
-    """``rows`` with its image columns left encoded, for :func:`decode` (a column that is not a
-    datasets ``Image`` is left as it is)."""
+def undecoded(rows: Any, names: Iterable[str]) -> Any:
+    """``rows`` with its image columns ``names`` left encoded, for :func:`decode` (a column that is
+    not a datasets ``Image`` is left as it is)."""
     from datasets import Image as ImageFeature
 
     features = rows.features or {}
-    for name in (columns.image, columns.condition):
+    for name in names:
         feature = features.get(name)
         if isinstance(feature, ImageFeature) and feature.decode:
             rows = rows.cast_column(name, ImageFeature(decode=False))
@@ -173,7 +173,7 @@ class PairDataset(torch.utils.data.Dataset):
         self, rows: Any, transform: PairTransform, columns: Columns, empty_prompt_prob: float, seed: int
     ) -> None:
         check_columns(list(rows.column_names), columns)
-        self.rows = undecoded(rows, columns)
+        self.rows = undecoded(rows, (columns.image, columns.condition))
         self.transform = transform
         self.columns = columns
         self.empty_prompt_prob = empty_prompt_prob
@@ -283,7 +283,7 @@ def stream_batches(
     from datasets.distributed import split_dataset_by_node
 
     check_columns(list(rows.column_names) if rows.column_names else None, columns)
-    shard = split_dataset_by_node(undecoded(rows, columns), rank=rank, world_size=world_size)
+    shard = split_dataset_by_node(undecoded(rows, (columns.image, columns.condition)), rank=rank, world_size=world_size)
     if shuffle_buffer > 1:
         shard = shard.shuffle(seed=seed, buffer_size=shuffle_buffer)
     epoch, first = start.epoch, start.batch

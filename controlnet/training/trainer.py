@@ -117,6 +117,7 @@ class TrainConfig:
     validation_inference_steps: int = param(20, "sampling steps for validation", ge=1)
     report_to: str | None = param("tensorboard", "tensorboard, wandb, ... or none")
     log_samples: bool = param(False, "write samples.jsonl: the sample ids, loss and learning rate of every step")
+    eval_every: int = param(0, "every N steps, score how well the validation samples follow their rows' conditions (cn-eval's metrics) and log it (0: never)", ge=0)
 
     def __post_init__(self) -> None:
         self.validation_conditions = tuple(self.validation_conditions)
@@ -128,6 +129,10 @@ class TrainConfig:
             raise TrainError(out_of_range)
         checks = [
             (self.resolution % 8 == 0, "resolution must be a multiple of 8"),
+            (
+                not (self.eval_every and self.validation_conditions),
+                "eval_every scores samples of the dataset's rows, whose conditions it knows; it cannot score validation_conditions",
+            ),
             (not (self.unlock_decoder and self.only_mid_control), "unlock_decoder and only_mid_control exclude each other"),
             (
                 not self.validation_prompts or len(self.validation_prompts) in (1, len(self.validation_conditions)),
@@ -232,7 +237,8 @@ class _Trainer:
         self.columns = Columns(c.image_column, c.conditioning_column, c.caption_column, c.id_column)
         rows = load_rows(c.dataset, c.split, c.dataset_revision, c.streaming)
         check_columns(list(rows.column_names) if rows.column_names else None, self.columns)
-        self.rows = undecoded(rows, self.columns)
+        self.rows = undecoded(rows, (c.image_column, c.conditioning_column))
+        self.decoded_rows = rows
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             for stale in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*.tmp"):
@@ -530,7 +536,7 @@ class _Trainer:
         if c.log_samples and accelerator.is_main_process:
             sample_log = (self.output_dir / "samples.jsonl").open("a", encoding="utf-8")
         batches = self.batches()
-        if self.global_step == 0 and c.validation_steps:
+        if self.global_step == 0 and (c.validation_steps or c.eval_every):
             self.validate(0)
         losses: list[float] = []
         step_losses, step_ids = [], []
@@ -573,7 +579,7 @@ class _Trainer:
                 self.progress(self.global_step, logs)
             if c.checkpointing_steps and self.global_step % c.checkpointing_steps == 0:
                 self.save_checkpoint()
-            if c.validation_steps and self.global_step % c.validation_steps == 0:
+            if any(every and self.global_step % every == 0 for every in (c.validation_steps, c.eval_every)):
                 self.validate(self.global_step)
         if sample_log is not None:
             sample_log.close()
@@ -610,6 +616,11 @@ class _Trainer:
             rows = list(self.rows.take(c.num_validation_rows))
         else:
             rows = [self.rows[i] for i in range(min(c.num_validation_rows, len(self.rows)))]
+        if c.eval_every:
+            # The scorer reads the rows as the datasets library decodes them (its own convention).
+            self._validation_rows = list(self.decoded_rows.take(c.num_validation_rows)) if c.streaming else [
+                self.decoded_rows[i] for i in range(len(rows))
+            ]
         column = c.conditioning_column
         return [(decode(r[column], column), str(r[c.caption_column] or "")) for r in rows]
 
@@ -654,7 +665,7 @@ class _Trainer:
         scheduler = UniPCMultistepScheduler.from_config(self.noise_scheduler.config)
         pipeline = self.base.pipeline(Parts(self.text, self.vae, unet), controlnet, scheduler)
         size = c.resolution
-        rows = []
+        rows, made = [], []
         was_training = controlnet.training
         controlnet.eval()
         with self.offloaded_on_device():
@@ -666,8 +677,12 @@ class _Trainer:
                         prompt, image=cond_image, num_inference_steps=c.validation_inference_steps, generator=generator,
                         num_images_per_prompt=c.num_validation_images, height=size, width=size, output_type="latent",
                     ).images
-                rows.append([np.asarray(cond_image), *self.decode(latents, pipeline)])
+                samples = self.decode(latents, pipeline)
+                rows.append([np.asarray(cond_image), *samples])
+                made.append(samples)
         controlnet.train(was_training)
+        if c.eval_every and step % c.eval_every == 0:
+            self.log_condition_following(step, made)
         grid = _grid(rows)
         folder = self.output_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
@@ -676,6 +691,18 @@ class _Trainer:
             tracker = accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_image("validation", grid, step, dataformats="HWC")
         accelerator.wait_for_everyone()
+
+    def log_condition_following(self, step: int, samples: list[list[np.ndarray]]) -> None:
+        """Log how well the validation samples follow their rows' conditions (``eval/<metric>``)."""
+        from controlnet.evaluation.training import ValidationScorer
+
+        c = self.config
+        if not hasattr(self, "_scorer"):
+            try:
+                self._scorer = ValidationScorer(c.dataset, c.dataset_revision, c.conditioning_column, str(self.device))
+            except ValueError as error:
+                raise TrainError(str(error)) from None
+        self.accelerator.log(self._scorer(self._validation_rows, samples), step=step)
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:

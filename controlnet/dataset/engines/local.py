@@ -73,7 +73,7 @@ def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]
 
 
 def pipeline_args(config: BuildConfig) -> tuple[Any, ...]:
-    return (config.annotators, config.filters, None if config.keep_size else config.resolution, config.max_pixels)
+    return (config.annotators, config.filters, None if config.keep_size else config.resolution, config.max_pixels, config.image_format, config.jpeg_quality)
 
 
 def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row | Skip]]:

@@ -45,9 +45,9 @@ def test_controlnet_is_sdxl_shaped_and_validation_samples_the_same_way(sdxl_shor
 def _expected_time_ids(dataset: Path, resolution: int) -> dict[str, list[float]]:
     """(original h, w, crop top, left, target h, w) of each row's centre crop, computed from the
     stored images themselves."""
-    from controlnet.training.data import Columns, decode, load_rows, undecoded
+    from controlnet.training.data import decode, load_rows, undecoded
 
-    rows = undecoded(load_rows(str(dataset)), Columns())
+    rows = undecoded(load_rows(str(dataset)), ["image"])
     expected = {}
     for row in rows:
         height, width = decode(row["image"], "image").shape[:2]
