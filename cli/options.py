@@ -3,7 +3,8 @@ its help, range and default from the field, so no option is copied by hand into 
 
 Also the command and group classes every CLI uses, for help that reads conventionally in 80
 columns: ``INPUT`` rather than typer's ``{INPUT}`` in the usage line, no ``<bool>`` after flags
-(``--help`` included), ``[default: 100]`` rather than ``[default: (100)]``.
+(``--help`` included), ``[default: 100]`` rather than ``[default: (100)]``, and option names that
+are never cut (the help column alone wraps).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Optional
 
 import typer
+from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from annotators.base import described_fields
@@ -68,7 +74,8 @@ def config_parameters(
     """One keyword parameter per ``param()`` field of ``config_cls`` (a dataclass), with its help,
     range and default shown. Options default to None, so that only what the user typed overrides the
     config's own defaults (see :func:`given_values`); a field without a default is a required option.
-    A flag whose default is off is ``--name`` alone; one that defaults to on is ``--name/--no-name``.
+    A flag is the one switch that changes its default: ``--name`` for a field that is off by default,
+    ``--no-name`` for one that is on.
 
     ``flags`` replaces a field's option names (``{"output_dir": ("--output-dir", "-o")}``). A field
     whose default is a tuple, and with ``repeated`` every field but the flags, is a repeatable option
@@ -82,7 +89,7 @@ def config_parameters(
         default = field.default
         names = renamed.get(field.name, (option_name(field.name),))
         if default is True:
-            names = (f"{names[0]}/--no-{names[0].removeprefix('--')}", *names[1:])
+            names = (f" /--no-{names[0].removeprefix('--')}", *names[1:])
         metavar = "<choice>" if field.metadata.get("choices") else None  # the choices are listed in the help
         option = typer.Option(*names, help=_help(field), metavar=metavar, show_default=False, rich_help_panel=panel)
         value_type = _value_type(field)
@@ -110,22 +117,65 @@ def _untyped_flags(params: Iterable[Any]) -> None:
             param.metavar = ""
 
 
+def _names(param: Any, ctx: Any) -> str:
+    """``--output, -o <path>``: the option's names and what it takes (nothing for a flag)."""
+    if isinstance(param, TyperArgument):
+        return param.metavar or (param.name or "").upper()
+    names = ", ".join(sorted([*param.opts, *param.secondary_opts], key=lambda name: (not name.startswith("--"), name in param.secondary_opts)))
+    if param.is_flag or param.count:
+        return names
+    if param.metavar:
+        return f"{names} {param.metavar}"
+    # typer's own label (<int>, <path>); older typer, on click, has the click type's name instead
+    return f"{names} {param.display_type(ctx) if hasattr(param, 'display_type') else param.type.name.upper()}"
+
+
+def _param_help(param: Any) -> Text:
+    text = Text.from_markup(param.help or "")
+    default = param.show_default if isinstance(param.show_default, str) else param.default if param.show_default else None
+    if default not in (None, False, "", ()) and not param.is_flag:
+        text.append(f" [default: {default}]", style="dim")
+    if param.required:
+        text.append(" [required]", style="dim red")
+    return text
+
+
 class Command(TyperCommand):
-    """A typer command whose help reads conventionally (see the module docstring)."""
+    """A typer command whose help reads conventionally (see the module docstring). Its help is
+    rendered here, from click's parameters, in typer's panels: one column of names that is never
+    cut, and one of help that wraps (a word too long for it folds)."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
-                name = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
+                name = _names(param, ctx) + ("..." if param.nargs != 1 else "")
                 pieces.append(name if param.required else f"[{name}]")
             else:
                 pieces.extend(param.get_usage_pieces(ctx))
         return pieces
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        _untyped_flags(self.get_params(ctx))
-        super().format_help(ctx, formatter)
+        console = Console(highlight=False)
+        console.print(Padding(Text(self.get_usage(ctx).strip(), style="bold"), (1, 1, 0, 1)))
+        if self.help:
+            paragraphs = [" ".join(part.split()) for part in inspect.cleandoc(self.help).split("\n\n")]
+            console.print(Padding(Text.from_markup("\n\n".join(paragraphs)), (1, 1, 1, 1)))
+        panels: dict[str, list[Any]] = {}
+        for param in self.get_params(ctx):
+            if getattr(param, "hidden", False):
+                continue
+            default_panel = "Arguments" if isinstance(param, TyperArgument) else "Options"
+            panels.setdefault(getattr(param, "rich_help_panel", None) or default_panel, []).append(param)
+        for title in sorted(panels, key=lambda t: {"Arguments": 0, "Options": 1}.get(t, 2)):
+            grid = Table.grid(padding=(0, 2))
+            grid.add_column(no_wrap=True, style="bold cyan")
+            grid.add_column(overflow="fold", ratio=1)
+            for param in panels[title]:
+                grid.add_row(("* " if param.required else "  ") + _names(param, ctx), _param_help(param))
+            console.print(Panel(grid, title=title, title_align="left", border_style="dim"))
+        if self.epilog:
+            console.print(Padding(Text.from_markup(inspect.cleandoc(self.epilog)), (0, 1)))
 
 
 class Group(TyperGroup):

@@ -99,3 +99,18 @@ def test_a_used_output_folder_is_refused_unless_overwrite_or_resume(tiny_base: P
     # A finished run without checkpoints: "--resume latest" has nothing to resume and would replace it.
     code, output = _train(*common, "--max-steps", "1", "--resume", "latest")
     assert code == 1 and "already holds a cn-train run: pass --overwrite" in output
+
+
+@pytest.mark.parametrize("app_name", ["cli.train:train_app", "cli.train:export_app", "cli.sample:app"])
+def test_help_fits_80_columns_with_every_option_whole(app_name: str) -> None:
+    import importlib
+    import re
+
+    module, name = app_name.split(":")
+    app = getattr(importlib.import_module(module), name)
+    text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text and "<bool>" not in text
+    for param in typer.main.get_command(app).params:
+        for option in (*param.opts, *param.secondary_opts):
+            if option.startswith("--"):
+                assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text), option
