@@ -234,3 +234,17 @@ def test_sampler_with_two_controlnets_and_guess_mode_from_the_cli(sdxl_short_run
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert np.asarray(Image.open(tmp_path / "out" / "grid.png")).shape == (32, 3 * 32, 3)
+
+
+def test_eval_every_scores_sdxl_validation_samples(tiny_sdxl_base: Path, canny_dataset: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(TrainConfig(
+        base_model=str(tiny_sdxl_base), dataset=str(canny_dataset), output_dir=str(tmp_path), resolution=32,
+        train_batch_size=2, max_steps=2, checkpointing_steps=0, validation_steps=0, eval_every=2,
+        validation_inference_steps=2, num_validation_images=1, cache_text_embeddings=True,
+    ))
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert [e.step for e in events.Scalars("eval/f1")] == [0, 2]
+    assert all(0.0 <= e.value <= 1.0 for e in events.Scalars("eval/f1"))
