@@ -1,4 +1,5 @@
-# Two entry points, each setting up .venv first: `make demo` (the main job) and `make test`.
+# Entry points, each setting up .venv first: `make demo` (the main job), `make test`, and
+# `make tiny-models` (tiny random SD and SDXL bases for trying cn-train and cn-sample offline).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export OMP_NUM_THREADS := 1
 
-.PHONY: setup demo test
+.PHONY: setup demo test tiny-models
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ setup: $(VENV)/.installed
 # Parquet shards with image, conditioning_image and text, a dataset card, and a contact sheet.
 demo: setup
 	$(VENV)/bin/cn-annotate canny "$$($(PY) -c 'import skimage.data, os; print(os.path.dirname(skimage.data.__file__))')" -o demo-dataset --preview demo-dataset/preview.png
+
+# tiny-sd/ and tiny-sdxl/: diffusers pipeline folders with random weights (what they generate is noise),
+# small enough to train on a CPU in seconds. docs/training.md shows a run on them from demo-dataset.
+tiny-models: setup
+	$(PY) -m controlnet.testing sd tiny-sd
+	$(PY) -m controlnet.testing sdxl tiny-sdxl
 
 test: setup
 	$(PY) -m pytest

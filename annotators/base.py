@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from annotators.data import DataKind
     from annotators.weights import Weights
 
-__all__ = ["MAP_KINDS", "Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
+__all__ = ["MAP_KINDS", "Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param", "range_error"]
 
 #: What a condition map can show, as annotators declare it in ``map_kind``: binary edges or line
 #: segments; soft edges, scribbles and line art; relative depth; surface normals; keypoints (with
@@ -92,6 +92,18 @@ def described_fields(config_cls: type) -> list[tuple[dataclasses.Field, str]]:
             has_range = meta["choices"] is not None or any(meta[b] is not None for b in ("ge", "le", "gt", "lt"))
             rows.append((field, meta["help"] + (f" ({_describe_range(meta)})" if has_range else "")))
     return rows
+
+
+def range_error(config: Any) -> str | None:
+    """The first :func:`param` field of the dataclass instance ``config`` whose value lies outside its
+    declared range or choices, in words; None when all do. Unset (None) values are not checked. For
+    configs that are not :class:`AnnotatorConfig` (which checks types as well)."""
+    for field in dataclasses.fields(config):
+        meta = field.metadata
+        value = getattr(config, field.name)
+        if "help" in meta and value is not None and not isinstance(value, (tuple, list)) and not _in_range(value, meta):
+            return f"{field.name}={value!r} is invalid: must be {_describe_range(meta)}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -32,7 +31,6 @@ __all__ = [
     "resized_size",
     "resize_short_side",
     "single_channel",
-    "to_output",
 ]
 
 #: Larger images are refused before their pixels are decoded (decompression-bomb guard).
@@ -288,12 +286,3 @@ def encode_image(image: np.ndarray, fmt: str, *, quality: int = 95, grayscale: b
     if not ok:
         raise ValueError(f"{fmt} encoding failed for an array of shape {image.shape}")
     return buf.tobytes()
-
-
-def to_output(image: np.ndarray, output_type: Literal["numpy", "pil"] = "numpy") -> np.ndarray | Image.Image:
-    """Return a map as a numpy array or a PIL image."""
-    if output_type == "numpy":
-        return image
-    if output_type == "pil":
-        return Image.fromarray(image)
-    raise ValueError(f"output_type must be 'numpy' or 'pil', got {output_type!r}")

@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
     import torch
 
-__all__ = ["NeuralAnnotator", "NeuralConfig", "batches_by_shape", "pad_to_multiple"]
+__all__ = ["DTYPE_NAMES", "NeuralAnnotator", "NeuralConfig", "batches_by_shape", "pad_to_multiple"]
+
+#: the dtype names every ``dtype`` option takes (annotators, cn-sample), each a ``torch`` attribute
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 _DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -37,7 +40,7 @@ class NeuralConfig(AnnotatorConfig):
 
     weights: str | None = param(None, "checkpoint file or folder (default: $CN_ANNOTATE_WEIGHTS, then the Hub cache)", runtime=True)
     device: str = param("cpu", "torch device: cpu, cuda, cuda:N or mps", runtime=True)
-    dtype: str = param("float32", "compute dtype; half precision needs a GPU", choices=("float32", "float16", "bfloat16"), runtime=True)
+    dtype: str = param("float32", "compute dtype; half precision needs a GPU", choices=DTYPE_NAMES, runtime=True)
     batch_size: int = param(8, "images per forward pass", ge=1, runtime=True)
 
     def __post_init__(self) -> None:

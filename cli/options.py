@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, Optional
 
 import typer
@@ -32,14 +32,19 @@ def option_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _hinted_type(hint: str) -> type:
+    """The scalar type named by a field's annotation (a string under postponed evaluation)."""
+    return int if hint.startswith(("int", "tuple[int")) else float if hint.startswith(("float", "tuple[float")) else str
+
+
 def _value_type(field: dataclasses.Field) -> Any:
     choices = field.metadata.get("choices")
     if choices:
         return Literal[tuple(choices)]  # type: ignore[valid-type]
-    if field.default is None:  # an optional value: its type is the annotation's non-None part
-        hint = str(field.type)
-        return int if hint.startswith("int") else float if hint.startswith("float") else str
-    return type(field.default)
+    default = field.default
+    if default is None or default is dataclasses.MISSING or isinstance(default, tuple):
+        return _hinted_type(str(field.type))  # an optional, required or repeatable value: its annotation's type
+    return type(default)
 
 
 def _number(value: float) -> str:
@@ -57,33 +62,52 @@ def _help(field: dataclasses.Field) -> str:
     text = meta["help"] + (f" ({'; '.join(bounds)})" if bounds else "")
     if default is True:
         text += " [default: on]"
-    elif default is not None and default is not False:
+    elif default not in (None, False, dataclasses.MISSING, (), ""):
         text += f" [default: {default}]"
     return escape(text)  # the help is rich markup: "[default: 1]" must not read as a style
 
 
-def config_parameters(config_cls: type, *, exclude: Iterable[str] = (), panel: str | None = None) -> list[inspect.Parameter]:
+def config_parameters(
+    config_cls: type, *, exclude: Iterable[str] = (), panel: str | None = None,
+    flags: Mapping[str, tuple[str, ...]] | None = None, repeated: bool = False,
+) -> list[inspect.Parameter]:
     """One keyword parameter per ``param()`` field of ``config_cls`` (a dataclass), with its help,
     range and default shown. Options default to None, so that only what the user typed overrides the
-    config's own defaults (see :func:`given_values`). A flag is the one switch that changes its
-    default: ``--name`` for a field that is off by default, ``--no-name`` for one that is on."""
+    config's own defaults (see :func:`given_values`); a field without a default is a required option.
+    A flag is the one switch that changes its default: ``--name`` for a field that is off by default,
+    ``--no-name`` for one that is on.
+
+    ``flags`` replaces a field's option names (``{"output_dir": ("--output-dir", "-o")}``). A field
+    whose default is a tuple, and with ``repeated`` every field but the flags, is a repeatable option
+    whose values arrive as a list (for configs of which a command takes several)."""
     skipped = set(exclude)
+    renamed = dict(flags or {})
     parameters = []
     for field, _ in described_fields(config_cls):
         if field.name in skipped:
             continue
-        flag = f" /--no-{field.name.replace('_', '-')}" if field.default is True else option_name(field.name)
+        default = field.default
+        names = renamed.get(field.name, (option_name(field.name),))
+        if default is True:
+            names = (f" /--no-{names[0].removeprefix('--')}", *names[1:])
         metavar = "<choice>" if field.metadata.get("choices") else None  # the choices are listed in the help
-        option = typer.Option(flag, help=_help(field), metavar=metavar, show_default=False, rich_help_panel=panel)
-        annotation = Annotated[Optional[_value_type(field)], option]  # noqa: UP007 (typer reads Optional)
-        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+        option = typer.Option(*names, help=_help(field), metavar=metavar, show_default=False, rich_help_panel=panel)
+        value_type = _value_type(field)
+        if isinstance(default, tuple) or (repeated and not isinstance(default, bool)):
+            value_type = list[value_type]  # type: ignore[valid-type]
+        if default is dataclasses.MISSING:
+            annotation, fallback = Annotated[value_type, option], inspect.Parameter.empty
+        else:
+            annotation, fallback = Annotated[Optional[value_type], option], None  # noqa: UP007 (typer reads Optional)
+        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=fallback, annotation=annotation))
     return parameters
 
 
 def given_values(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The values of ``config_cls``'s fields that the user gave (not None), to pass to its constructor."""
+    """The values of ``config_cls``'s fields that the user gave (not None, not an empty repeatable
+    option), to pass to its constructor."""
     names = {field.name for field, _ in described_fields(config_cls)}
-    return {name: value for name, value in values.items() if name in names and value is not None}
+    return {name: value for name, value in values.items() if name in names and value is not None and value != []}
 
 
 def _untyped_flags(params: Iterable[Any]) -> None:

@@ -1,19 +1,22 @@
 """`cn-train`: train a ControlNet on a cn-annotate dataset, and export it for A1111 / ComfyUI.
 
     cn-train --base-model runwayml/stable-diffusion-v1-5 --dataset ./canny-dataset -o out --max-steps 20000
+    cn-train --base-model stabilityai/stable-diffusion-xl-base-1.0 --dataset ./canny-dataset -o out-xl \\
+        --resolution 1024 --mixed-precision bf16 --gradient-checkpointing --cache-latents --cache-text-embeddings
     cn-train ... --resume latest                       continue the run in -o exactly where it stopped
     accelerate launch --num_processes 8 -m cli.train ...   the same run on 8 GPUs (or several nodes)
-    cn-train export out/controlnet control_canny.safetensors   one file, original control_model.* keys
+    cn-train export out/controlnet control_canny.safetensors   one file for A1111 / ComfyUI
 
-Options mirror :class:`controlnet.train.TrainConfig`; see ``cn-train --help``.
+The options are generated from :class:`controlnet.training.trainer.TrainConfig`; see ``cn-train --help``.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -24,7 +27,17 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cli.common import fail
+from cli.common import fail, quiet_libraries, show_notices
+from cli.options import Command, config_parameters, given_values
+from controlnet.training.trainer import TrainConfig
+
+#: option names other than the field's own
+FLAGS = {
+    "output_dir": ("--output-dir", "-o"),
+    "train_batch_size": ("--train-batch-size", "--batch-size"),
+    "validation_conditions": ("--validation-condition",),
+    "validation_prompts": ("--validation-prompt",),
+}
 
 
 def _is_main_process() -> bool:
@@ -32,110 +45,79 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-train_app = typer.Typer(add_completion=False, help="Train a ControlNet (the paper's recipe) on a cn-annotate dataset.")
-export_app = typer.Typer(add_completion=False, help="Write a diffusers ControlNet as one original-layout .safetensors.")
+def _stop(progress: Progress) -> None:
+    if progress.live.is_started:
+        progress.stop()
 
-Opt = typer.Option
 
-
-@train_app.command()
-def train_command(
-    base_model: Annotated[str, Opt("--base-model", help="diffusers SD 1.x/2.x folder or Hub id")],
-    dataset: Annotated[str, Opt("--dataset", help="cn-annotate dataset folder or Hub id")],
-    output_dir: Annotated[Path, Opt("--output-dir", "-o", help="run folder: checkpoints, logs, controlnet/")] = Path("controlnet-out"),
-    revision: Annotated[str | None, Opt(help="base model revision")] = None,
-    variant: Annotated[str | None, Opt(help="base model weights variant, e.g. fp16")] = None,
-    init_controlnet: Annotated[str | None, Opt(help="start from this ControlNet instead of the UNet encoder")] = None,
-    split: Annotated[str, Opt(help="dataset split")] = "train",
-    dataset_revision: Annotated[str | None, Opt(help="dataset revision (Hub)")] = None,
-    image_column: Annotated[str, Opt(help="target image column")] = "image",
-    conditioning_column: Annotated[str, Opt(help="condition map column")] = "conditioning_image",
-    caption_column: Annotated[str, Opt(help="prompt column")] = "text",
-    streaming: Annotated[bool, Opt(help="stream the dataset (larger than RAM)")] = False,
-    shuffle_buffer: Annotated[int, Opt(help="shuffle buffer when streaming")] = 1000,
-    resolution: Annotated[int, Opt(help="train size: shorter side resized, then square crop")] = 512,
-    random_crop: Annotated[bool, Opt(help="random instead of center crop")] = False,
-    random_flip: Annotated[bool, Opt(help="flip image and condition together, half the time")] = False,
-    dataloader_workers: Annotated[int, Opt(help="data-loading worker processes")] = 0,
-    empty_prompt_prob: Annotated[float, Opt(help="probability of replacing a prompt by \"\"")] = 0.5,
-    unlock_decoder: Annotated[bool, Opt(help="also train the SD decoder (paper's large-scale option)")] = False,
-    decoder_learning_rate: Annotated[float, Opt(help="learning rate of the unlocked decoder")] = 2e-6,
-    only_mid_control: Annotated[bool, Opt(help="feed only the middle block (paper's small-scale option)")] = False,
-    learning_rate: Annotated[float, Opt(help="AdamW learning rate of the ControlNet")] = 1e-5,
-    adam_weight_decay: Annotated[float, Opt(help="AdamW weight decay")] = 1e-2,
-    use_8bit_adam: Annotated[bool, Opt(help="bitsandbytes 8-bit AdamW")] = False,
-    max_grad_norm: Annotated[float, Opt(help="gradient clipping norm (0: off)")] = 1.0,
-    lr_scheduler: Annotated[str, Opt(help="diffusers scheduler name: constant, cosine, linear, ...")] = "constant",
-    lr_warmup_steps: Annotated[int, Opt(help="warm-up steps")] = 0,
-    train_batch_size: Annotated[int, Opt("--train-batch-size", "--batch-size", help="batch per process")] = 4,
-    gradient_accumulation_steps: Annotated[int, Opt(help="micro-batches per optimizer step")] = 1,
-    gradient_checkpointing: Annotated[bool, Opt(help="recompute activations to save memory")] = False,
-    mixed_precision: Annotated[str, Opt(help="no, fp16 or bf16")] = "no",
-    max_steps: Annotated[int, Opt(help="optimizer steps in all")] = 10_000,
-    seed: Annotated[int, Opt(help="seed of data order, noise and validation")] = 0,
-    checkpointing_steps: Annotated[int, Opt(help="checkpoint every N steps (0: never)")] = 500,
-    checkpoints_total_limit: Annotated[int, Opt(help="keep the last K checkpoints (0: all)")] = 3,
-    resume: Annotated[str | None, Opt(help="'latest' or a checkpoint folder")] = None,
-    validation_steps: Annotated[int, Opt(help="sample validation grids every N steps (0: never)")] = 500,
-    validation_condition: Annotated[list[str] | None, Opt(help="validation condition image (repeatable)")] = None,
-    validation_prompt: Annotated[list[str] | None, Opt(help="validation prompt (repeatable)")] = None,
-    num_validation_images: Annotated[int, Opt(help="samples per validation condition")] = 2,
-    validation_inference_steps: Annotated[int, Opt(help="sampling steps for validation")] = 20,
-    report_to: Annotated[str, Opt(help="tensorboard, wandb, ... or none")] = "tensorboard",
-    log_samples: Annotated[bool, Opt(help="write samples.jsonl: the sample ids and loss of every step")] = False,
-    eval_every: Annotated[int, Opt(help="every N steps, score how well the validation samples follow their rows' conditions (cn-eval's metrics) and log it (0: never)")] = 0,
-) -> None:
+def run_training(**options: Any) -> None:
+    quiet_libraries()
+    if _is_main_process():
+        show_notices("controlnet")
     from controlnet.training.data import DataError
-    from controlnet.training.trainer import TrainConfig, TrainError, train
+    from controlnet.training.trainer import TrainError, train
 
+    # The bar appears with the first step, so that a run refused at setup prints only its error.
+    progress = Progress(
+        TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+        TimeRemainingColumn(), disable=not _is_main_process(),
+    )
     try:
-        config = TrainConfig(
-            base_model=base_model, dataset=dataset, output_dir=str(output_dir), revision=revision, variant=variant,
-            init_controlnet=init_controlnet, split=split, dataset_revision=dataset_revision, image_column=image_column,
-            conditioning_column=conditioning_column, caption_column=caption_column, streaming=streaming,
-            shuffle_buffer=shuffle_buffer, resolution=resolution, center_crop=not random_crop, random_flip=random_flip,
-            dataloader_workers=dataloader_workers, empty_prompt_prob=empty_prompt_prob, unlock_decoder=unlock_decoder,
-            decoder_learning_rate=decoder_learning_rate, only_mid_control=only_mid_control,
-            learning_rate=learning_rate, adam_weight_decay=adam_weight_decay, use_8bit_adam=use_8bit_adam,
-            max_grad_norm=max_grad_norm, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
-            train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-            gradient_checkpointing=gradient_checkpointing, mixed_precision=mixed_precision,  # type: ignore[arg-type]
-            max_steps=max_steps, seed=seed, checkpointing_steps=checkpointing_steps,
-            checkpoints_total_limit=checkpoints_total_limit or None, resume=resume, validation_steps=validation_steps,
-            validation_conditions=list(validation_condition or []), validation_prompts=list(validation_prompt or []),
-            num_validation_images=num_validation_images, validation_inference_steps=validation_inference_steps,
-            report_to=None if report_to == "none" else report_to, log_samples=log_samples, eval_every=eval_every,
-        )
-        with Progress(
-            TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeRemainingColumn(), disable=not _is_main_process(),
-        ) as progress:
-            task = progress.add_task("", total=max_steps)
+        config = TrainConfig(**given_values(TrainConfig, options))
+        task = progress.add_task("", total=config.max_steps)
 
-            def report(step: int, logs: dict[str, float]) -> None:
-                progress.update(task, completed=step, description=f"loss {logs['loss']:.4f}")
+        def report(step: int, logs: dict[str, float]) -> None:
+            progress.start()
+            progress.update(task, completed=step, description=f"loss {logs['loss']:.4f}")
 
-            result = train(config, progress=report)
+        result = train(config, progress=report)
     except (TrainError, DataError, FileNotFoundError, OSError, ValueError) as error:
+        _stop(progress)
         fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    _stop(progress)
     if _is_main_process():
         typer.echo(f"step {result.global_step}: ControlNet saved to {result.controlnet_dir}")
 
 
-@export_app.command()
+def _train_command() -> Any:
+    parameters = config_parameters(TrainConfig, flags=FLAGS)
+
+    def command(**options: Any) -> None:
+        run_training(**options)
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command
+
+
+train_app = typer.Typer(
+    add_completion=False,
+    help="Train a ControlNet (the paper's recipe) on a cn-annotate dataset, on an SD 1.x/2.x or SDXL base. "
+    "`cn-train export --help`: write the trained ControlNet as one file for A1111 / ComfyUI.",
+)
+train_app.command(name="cn-train", cls=Command)(_train_command())
+export_app = typer.Typer(add_completion=False, help="Write a diffusers ControlNet as one .safetensors file for A1111 / ComfyUI.")
+Opt = typer.Option
+
+
+@export_app.command(cls=Command)
 def export_command(
     controlnet: Annotated[Path, typer.Argument(help="diffusers ControlNet folder (e.g. out/controlnet)")],
     output: Annotated[Path, typer.Argument(help="the .safetensors file to write")],
     half: Annotated[bool, Opt(help="store float16 weights")] = False,
+    layout: Annotated[
+        str | None,
+        Opt(help="original (control_model.* keys) or diffusers (the model's own keys); default: original for SD 1.x/2.x, diffusers for SDXL"),
+    ] = None,
 ) -> None:
     import torch
 
-    from controlnet.training.export import LayoutError, export_original
+    from controlnet.training.export import LayoutError, export_controlnet
 
     if output.suffix != ".safetensors":
         fail(f"{output}: the export is a .safetensors file")
     try:
-        path = export_original(controlnet, output, dtype=torch.float16 if half else None)
+        path = export_controlnet(controlnet, output, dtype=torch.float16 if half else None, layout=layout)
     except (LayoutError, OSError, ValueError) as error:
         fail(str(error).splitlines()[0])
     typer.echo(f"wrote {path}")

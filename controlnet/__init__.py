@@ -6,8 +6,9 @@
     >>> controlnet.evaluate(controlnet.EvalConfig(samples=Path("samples"), output=Path("report.json")))
 
 Subpackages by job: ``controlnet.dataset`` (the builder, sources, card, push),
-``controlnet.training`` (trainer, data pipeline, export) and ``controlnet.evaluation`` (how well
-samples follow their conditions); ``controlnet.sample`` is the sampler. The
+``controlnet.training`` (trainer, data pipeline, caches, run folder, export), ``controlnet.bases``
+(the SD 1.x/2.x and SDXL families the trainer and the sampler load) and ``controlnet.evaluation``
+(how well samples follow their conditions); ``controlnet.sample`` is the sampler. The
 names exported here are light: torch, diffusers and accelerate load when a function runs.
 """
 

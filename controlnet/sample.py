@@ -1,4 +1,5 @@
-"""Sampling from Stable Diffusion with one or more ControlNets, to see what a ControlNet learned.
+"""Sampling from Stable Diffusion (SD 1.x/2.x or SDXL) with one or more ControlNets, to see what a
+ControlNet learned. The base model's family picks the pipeline (see :mod:`controlnet.bases`).
 
 Conditions come from images (annotated first when a ControlNet names an annotator), or from the
 rows of a cn-annotate dataset (``dataset``): each row's condition and caption make one prompt's
@@ -14,12 +15,14 @@ gets no control, and the residual of block ``i`` of ``n`` is scaled by ``0.825 *
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from annotators.base import param, range_error
+from controlnet.dtypes import DTYPE_NAMES
 from controlnet.manifest import ConditionRecord, ManifestEntry, write_manifest
 
 GUESS_MODE_BASE = 0.825
@@ -36,56 +39,66 @@ def guess_mode_scales(count: int) -> list[float]:
 
 @dataclass
 class ControlNetSpec:
-    path: str
-    scale: float = 1.0
+    """One ControlNet of a sample run. ``cn-sample`` takes one ``--controlnet`` per spec; its other
+    options pair with the ControlNets in order."""
+
+    path: str = param(MISSING, "ControlNet folder, Hub id or single .safetensors file (repeatable)")
+    scale: float = param(1.0, "conditioning scale (repeatable)")
     # Image mode: annotate the raw image with this annotator id first. Dataset mode: take the
     # condition that this annotator made in the dataset (None: the conditioning_image column).
-    annotator: str | None = None
-    only_mid_control: bool = False  # trained with --only-mid-control: drop the down-block residuals
+    annotator: str | None = param(
+        None, "annotate the image first (none: use it as it is); with --dataset: the dataset annotator whose condition to use (repeatable)"
+    )
+    only_mid_control: bool = param(False, "the ControlNets were trained with --only-mid-control: drop the down-block residuals")
 
 
 @dataclass
 class SampleConfig:
-    base_model: str
-    controlnets: list[ControlNetSpec]
-    images: list[str] = field(default_factory=list)  # one per ControlNet, or one shared by all; none with a dataset
-    prompt: str | None = None  # None: "" for images, each row's caption for a dataset
-    negative_prompt: str = ""
-    output_dir: str = "samples"
-    revision: str | None = None
-    variant: str | None = None
-    steps: int = 20
-    guidance: float = 7.5
-    seed: int = 0
-    batch: int = 1
-    guess_mode: bool = False
-    control_start: float = 0.0
-    control_end: float = 1.0
-    width: int | None = None  # default: the first condition's size, rounded down to a multiple of 8
-    height: int | None = None
-    device: str | None = None  # default: cuda when available
-    dtype: str = "auto"  # "auto" (float16 on cuda, float32 on cpu), "float32", "float16", "bfloat16"
+    """A sample run. Each field declared with ``param()`` is a ``cn-sample`` option of the same name."""
+
+    base_model: str = param(MISSING, "diffusers pipeline folder or Hub id: SD 1.x/2.x or SDXL")
+    controlnets: list[ControlNetSpec] = field(default_factory=list)
+    images: tuple[str, ...] = param((), "condition image, or raw image with --annotator (repeatable: one, or one per ControlNet)")
+    prompt: str | None = param(None, 'prompt (default: "" for images; with --dataset each row\'s caption, or this for every row)')
+    negative_prompt: str = param("", "negative prompt")
+    output_dir: str = param("samples", "folder for the samples, manifest.jsonl and (images) grid.png")
+    revision: str | None = param(None, "base model revision")
+    variant: str | None = param(None, "base model weights variant")
+    vae: str | None = param(None, "a separate VAE folder or Hub id, e.g. an fp16-fixed SDXL VAE")
+    steps: int = param(20, "sampling steps", ge=1)
+    guidance: float = param(7.5, "classifier-free guidance scale", ge=0.0)
+    seed: int = param(0, "seed (with --dataset: seed + row position)")
+    batch: int = param(1, "images to generate per prompt", ge=1)
+    guess_mode: bool = param(False, "no prompt needed: the paper's 0.825**(12-i) scales, no control on the unconditional half")
+    control_start: float = param(0.0, "fraction of steps where control starts", ge=0.0, le=1.0)
+    control_end: float = param(1.0, "fraction of steps where control ends", ge=0.0, le=1.0)
+    width: int | None = param(None, "output width (default: the condition's, rounded down to a multiple of 8)", ge=8)
+    height: int | None = param(None, "output height (default: the condition's, rounded down to a multiple of 8)", ge=8)
+    device: str | None = param(None, "cuda, cpu, ... (default: cuda when available)")
+    dtype: str = param("auto", "auto: float16 on cuda, float32 on cpu", choices=("auto", *DTYPE_NAMES))
     # Dataset mode: the conditions and captions of the first ``limit`` rows of a split.
-    dataset: str | None = None
-    split: str = "train"
-    limit: int | None = None
-    dataset_revision: str | None = None
-    caption_column: str = "text"
+    dataset: str | None = param(None, "sample the conditions and captions of this cn-annotate dataset's rows (folder or Hub id)")
+    split: str = param("train", "dataset split")
+    limit: int | None = param(None, "sample the first N rows of the split (default: all)", ge=1)
+    dataset_revision: str | None = param(None, "dataset revision (Hub)")
+    caption_column: str = param("text", "dataset column of the prompts")
 
     def __post_init__(self) -> None:
+        self.images = tuple(self.images)
         if not self.controlnets:
             raise SampleError("give at least one ControlNet")
         if self.dataset is not None:
             if self.images:
                 raise SampleError("give condition images or a dataset, not both")
-            if self.limit is not None and self.limit < 1:
-                raise SampleError("limit must be >= 1")
         elif len(self.images) not in (1, len(self.controlnets)):
-            raise SampleError(f"give one image, or one per ControlNet ({len(self.controlnets)}); got {len(self.images)}")
-        if not 0.0 <= self.control_start < self.control_end <= 1.0:
+            raise SampleError(
+                f"give one image, or one per ControlNet ({len(self.controlnets)}), or a dataset; got {len(self.images)} images"
+            )
+        out_of_range = range_error(self)
+        if out_of_range:
+            raise SampleError(out_of_range)
+        if not self.control_start < self.control_end:
             raise SampleError("need 0 <= control_start < control_end <= 1")
-        if self.steps < 1 or self.batch < 1:
-            raise SampleError("steps and batch must be >= 1")
 
 
 @dataclass
@@ -128,33 +141,29 @@ def _control_class() -> type:
 
 
 def load_controlnet(spec: ControlNetSpec, dtype: Any) -> Any:
-    """A diffusers ControlNet folder or Hub id, or a single original-layout ``.safetensors`` file."""
-    from controlnet.training.export import load_original_controlnet
+    """A diffusers ControlNet folder or Hub id, or a single ``.safetensors`` file (either layout)."""
+    from controlnet.dtypes import cast, dtype_keyword
+    from controlnet.training.export import load_controlnet_file
 
     cls = _control_class()
     path = Path(spec.path)
     if path.is_file():
-        model = load_original_controlnet(path, cls)
+        model = load_controlnet_file(path, cls)
         if model.dtype != dtype:
-            model.to(dtype=dtype)
+            cast(model, dtype)
     else:
-        model = cls.from_pretrained(spec.path, torch_dtype=dtype)
+        model = cls.from_pretrained(spec.path, **dtype_keyword(dtype))
     model.only_mid_control = spec.only_mid_control
     return model
-
-
-def _read_rgb(path: str) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def _conditions(config: SampleConfig) -> tuple[list[np.ndarray], list[ConditionRecord]]:
     """The condition of each ControlNet from the images, annotated where asked, with their records
     (the condition image itself is named when it is written)."""
     import annotators
+    from annotators.image import load_image
 
-    raw = [_read_rgb(p) for p in config.images]
+    raw = [load_image(p) for p in config.images]
     if len(raw) == 1:
         raw = raw * len(config.controlnets)
     conditions, records = [], []
@@ -172,27 +181,31 @@ def _conditions(config: SampleConfig) -> tuple[list[np.ndarray], list[ConditionR
 def _resolve_device(config: SampleConfig) -> tuple[str, Any]:
     import torch
 
+    from controlnet.dtypes import torch_dtype
+
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     if config.dtype == "auto":
         return device, torch.float16 if device.startswith("cuda") else torch.float32
-    if config.dtype not in names:
-        raise SampleError(f"dtype must be auto or one of {', '.join(names)}")
-    return device, names[config.dtype]
+    return device, torch_dtype(config.dtype)
 
 
-def _load_pipeline(config: SampleConfig, device: str, dtype: Any) -> Any:
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+def _load_base(config: SampleConfig) -> Any:
+    from controlnet.bases import UnsupportedBaseError, load_base
+
+    try:
+        return load_base(config.base_model, config.revision, config.variant)
+    except UnsupportedBaseError as error:
+        raise SampleError(str(error)) from None
+
+
+def _load_pipeline(config: SampleConfig, base: Any, device: str, dtype: Any) -> Any:
+    """The base family's ControlNet pipeline, assembled as the trainer's validation assembles it."""
+    from diffusers import UniPCMultistepScheduler
 
     models = [load_controlnet(spec, dtype) for spec in config.controlnets]
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-        config.base_model, controlnet=models[0] if len(models) == 1 else models, revision=config.revision,
-        variant=config.variant, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.scheduler = UniPCMultistepScheduler.from_config(pipeline.scheduler.config)
+    scheduler = base.load_scheduler(UniPCMultistepScheduler)
+    pipeline = base.pipeline(base.load_parts(dtype, config.vae), models[0] if len(models) == 1 else models, scheduler)
     pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
@@ -242,12 +255,13 @@ def sample(config: SampleConfig) -> SampleResult:
     images one prompt and a grid (conditions | samples); for a dataset one prompt per row."""
     from PIL import Image
 
+    base = _load_base(config)
     device, dtype = _resolve_device(config)
     folder = Path(config.output_dir)
     if config.dataset is not None:
-        return _sample_dataset(config, device, dtype, folder)
+        return _sample_dataset(config, base, device, dtype, folder)
     conditions, records = _conditions(config)
-    pipeline = _load_pipeline(config, device, dtype)
+    pipeline = _load_pipeline(config, base, device, dtype)
     prompt = config.prompt or ""
     images, cond_images = _generate(pipeline, config, device, conditions, prompt, config.seed)
 
@@ -275,10 +289,16 @@ def _sample_name(file_name: Any, position: int, index: int, batch: int) -> str:
     return f"{stem.as_posix()}.png" if batch == 1 else f"{stem.as_posix()}-{index}.png"
 
 
-def _sample_dataset(config: SampleConfig, device: str, dtype: Any, folder: Path) -> SampleResult:
+def _sample_dataset(config: SampleConfig, base: Any, device: str, dtype: Any, folder: Path) -> SampleResult:
     from PIL import Image
 
-    from controlnet.dataset.read import DatasetReadError, condition_columns, load_build, load_rows
+    from controlnet.dataset.read import (
+        DatasetReadError,
+        condition_columns,
+        load_build,
+        load_rows,
+    )
+    from controlnet.training.data import decode, undecoded
 
     assert config.dataset is not None
     try:
@@ -298,13 +318,14 @@ def _sample_dataset(config: SampleConfig, device: str, dtype: Any, folder: Path)
     for column, _ in sources:
         if column not in rows.column_names:
             raise SampleError(f"dataset {config.dataset} has no column {column!r}")
-    pipeline = _load_pipeline(config, device, dtype)
+    rows = undecoded(rows, [column for column, _ in sources])
+    pipeline = _load_pipeline(config, base, device, dtype)
     records = tuple(ConditionRecord(spec.path, spec.scale, annotator, column=column) for spec, (column, annotator) in zip(config.controlnets, sources))
     count = len(rows) if config.limit is None else min(config.limit, len(rows))
     paths, entries = [], []
     for position in range(count):
         row = rows[position]
-        conditions = [np.asarray(row[column].convert("RGB")) for column, _ in sources]
+        conditions = [decode(row[column], column) for column, _ in sources]
         prompt = config.prompt if config.prompt is not None else str(row.get(config.caption_column) or "")
         seed = config.seed + position
         images, _ = _generate(pipeline, config, device, conditions, prompt, seed)

@@ -5,11 +5,16 @@ generator seeded by ``(seed, epoch, row)``, so a sample's tensors depend neither
 data-loader workers nor on whether the run was interrupted. The batch order is a fixed function of
 ``(seed, epoch)`` too, and the data position saved in a checkpoint is ``(epoch, batch)``: resuming
 continues exactly where the killed run was.
+
+Images are decoded by :mod:`annotators.image` (EXIF orientation applied, alpha composited over
+white), as the annotators see them, not by the datasets library. Each example records the geometry
+of its crop (the image's original size and the crop's top-left corner in the resized image), which
+SDXL's micro-conditioning takes as input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,18 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class CroppedPair:
+    """A transformed pair and where it was cut from: ``original_size`` is the image's (height, width)
+    before resizing, ``crop_top_left`` the crop's (top, left) corner in the resized image (mirrored
+    when the pair was flipped, so that it names the crop as seen in the flipped image)."""
+
+    pixels: torch.Tensor
+    condition: torch.Tensor | None
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class PairTransform:
     """Resize the shorter side to ``resolution`` and crop a square; the condition map gets the same
     geometry as the image (it is first brought to the image's size if the two differ)."""
@@ -35,16 +52,23 @@ class PairTransform:
     def __call__(
         self, image: Image.Image, condition: Image.Image, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        pair = self.crop(image, condition, rng)
+        return pair.pixels, pair.condition
+
+    def crop(self, image: Image.Image, condition: Image.Image | None, rng: np.random.Generator) -> CroppedPair:
+        """The pair's crop; without a condition (latent caching), the image's alone."""
         image = image.convert("RGB")
-        condition = condition.convert("RGB")
-        if condition.size != image.size:
-            condition = condition.resize(image.size, Image.Resampling.BILINEAR)
         width, height = image.size
         scale = self.resolution / min(width, height)
         size = (max(self.resolution, round(width * scale)), max(self.resolution, round(height * scale)))
         # Bilinear for both, so that a condition equal to its image stays equal after the transform.
         image = image.resize(size, Image.Resampling.BILINEAR)
-        condition = condition.resize(size, Image.Resampling.BILINEAR)
+        cond = None
+        if condition is not None:
+            condition = condition.convert("RGB")
+            if condition.size != (width, height):
+                condition = condition.resize((width, height), Image.Resampling.BILINEAR)
+            cond = condition.resize(size, Image.Resampling.BILINEAR)
         spare_x, spare_y = size[0] - self.resolution, size[1] - self.resolution
         if self.center_crop:
             left, top = spare_x // 2, spare_y // 2
@@ -52,13 +76,17 @@ class PairTransform:
             left, top = int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
         box = (left, top, left + self.resolution, top + self.resolution)
         pixels = np.asarray(image.crop(box), dtype=np.float32)
-        cond = np.asarray(condition.crop(box), dtype=np.float32)
+        cond_pixels = None if cond is None else np.asarray(cond.crop(box), dtype=np.float32)
         if self.random_flip and rng.random() < 0.5:
-            pixels, cond = pixels[:, ::-1], cond[:, ::-1]
+            pixels = pixels[:, ::-1]
+            cond_pixels = None if cond_pixels is None else cond_pixels[:, ::-1]
+            left = spare_x - left
         # The image goes to the VAE in [-1, 1]; the condition goes to the ControlNet in [0, 1].
         image_tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))) / 127.5 - 1.0
-        cond_tensor = torch.from_numpy(np.ascontiguousarray(cond.transpose(2, 0, 1))) / 255.0
-        return image_tensor, cond_tensor
+        cond_tensor = None
+        if cond_pixels is not None:
+            cond_tensor = torch.from_numpy(np.ascontiguousarray(cond_pixels.transpose(2, 0, 1))) / 255.0
+        return CroppedPair(image_tensor, cond_tensor, (height, width), (top, left))
 
 
 @dataclass(frozen=True)
@@ -76,6 +104,31 @@ def load_rows(source: str, split: str = "train", revision: str | None = None, st
     if Path(source).is_dir():
         return load_dataset(str(source), split=split, streaming=streaming)
     return load_dataset(source, split=split, revision=revision, streaming=streaming)
+
+
+def undecoded(rows: Any, names: Iterable[str]) -> Any:
+    """``rows`` with its image columns ``names`` left encoded, for :func:`decode` (a column that is
+    not a datasets ``Image`` is left as it is)."""
+    from datasets import Image as ImageFeature
+
+    features = rows.features or {}
+    for name in names:
+        feature = features.get(name)
+        if isinstance(feature, ImageFeature) and feature.decode:
+            rows = rows.cast_column(name, ImageFeature(decode=False))
+    return rows
+
+
+def decode(value: Any, column: str) -> np.ndarray:
+    """HxWx3 uint8 RGB from a dataset cell: an undecoded image (bytes or a path), or a path."""
+    from annotators.image import decode_image
+
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        data = value.get("bytes") or value["path"]
+        return decode_image(data, source=value.get("path") or f"column {column!r}")
+    if isinstance(value, (str, Path)):
+        return decode_image(value)
+    raise DataError(f"column {column!r} holds {type(value).__name__}, not an image")
 
 
 def check_columns(names: list[str] | None, columns: Columns) -> None:
@@ -96,15 +149,19 @@ def make_example(
 ) -> dict[str, Any]:
     # The draw order (prompt first, then geometry) is fixed so a sample's randomness never shifts.
     drop_prompt = rng.random() < empty_prompt_prob
-    pixels, cond = transform(row[columns.image], row[columns.condition], rng)
+    image = Image.fromarray(decode(row[columns.image], columns.image))
+    condition = Image.fromarray(decode(row[columns.condition], columns.condition))
+    pair = transform.crop(image, condition, rng)
     caption = row[columns.caption]
     if isinstance(caption, (list, tuple)):  # several captions per image: pick one
         caption = caption[int(rng.integers(0, len(caption)))] if caption else ""
     return {
-        "pixel_values": pixels,
-        "conditioning_pixel_values": cond,
+        "pixel_values": pair.pixels,
+        "conditioning_pixel_values": pair.condition,
         "caption": "" if drop_prompt else str(caption or ""),
         "sample_id": row.get(columns.sample_id, row_id),
+        "row": row_id if isinstance(row_id, int) else None,
+        "geometry": (*pair.original_size, *pair.crop_top_left),
     }
 
 
@@ -116,7 +173,7 @@ class PairDataset(torch.utils.data.Dataset):
         self, rows: Any, transform: PairTransform, columns: Columns, empty_prompt_prob: float, seed: int
     ) -> None:
         check_columns(list(rows.column_names), columns)
-        self.rows = rows
+        self.rows = undecoded(rows, (columns.image, columns.condition))
         self.transform = transform
         self.columns = columns
         self.empty_prompt_prob = empty_prompt_prob
@@ -190,6 +247,9 @@ def collate(examples: list[dict[str, Any]]) -> dict[str, Any]:
         "conditioning_pixel_values": torch.stack([e["conditioning_pixel_values"] for e in examples]),
         "captions": [e["caption"] for e in examples],
         "sample_ids": [e["sample_id"] for e in examples],
+        "rows": [e["row"] for e in examples],  # dataset row indices (None when streamed)
+        # original height, original width, crop top, crop left: SDXL's size conditioning
+        "geometry": torch.tensor([e["geometry"] for e in examples], dtype=torch.float32),
     }
 
 
@@ -223,7 +283,7 @@ def stream_batches(
     from datasets.distributed import split_dataset_by_node
 
     check_columns(list(rows.column_names) if rows.column_names else None, columns)
-    shard = split_dataset_by_node(rows, rank=rank, world_size=world_size)
+    shard = split_dataset_by_node(undecoded(rows, (columns.image, columns.condition)), rank=rank, world_size=world_size)
     if shuffle_buffer > 1:
         shard = shard.shuffle(seed=seed, buffer_size=shuffle_buffer)
     epoch, first = start.epoch, start.batch
@@ -244,3 +304,13 @@ def stream_batches(
         if batch_index == 0:
             raise DataError(f"streamed dataset gave process {rank} fewer than {batch_size} rows in an epoch")
         epoch, first = epoch + 1, 0
+
+
+def cropped_images(rows: Any, indices: range, transform: PairTransform, columns: Columns) -> torch.Tensor:
+    """The target images of ``rows[indices]`` cropped as their training examples are (what the
+    latent cache encodes; it needs a crop that does not vary: centre crop, no flip)."""
+    if not transform.center_crop or transform.random_flip:
+        raise DataError("cached latents need the same crop every epoch: centre crop and no flip")
+    unused = np.random.default_rng(0)  # a centre crop without flip draws nothing
+    images = [Image.fromarray(decode(rows[i][columns.image], columns.image)) for i in indices]
+    return torch.stack([transform.crop(image, None, unused).pixels for image in images])

@@ -1,11 +1,22 @@
-"""ControlNet weights between the diffusers layout and the original ``control_model.*`` layout.
+"""ControlNet weights as one ``.safetensors`` file, in the layouts A1111 and ComfyUI load.
 
-The original ControlNet code (lllyasviel/ControlNet, ``cldm``) stores the control branch as a copy of
-the LDM UNet encoder (``input_blocks``, ``middle_block``, ``time_embed``) plus the condition encoder
-``input_hint_block`` and the zero convolutions ``zero_convs`` / ``middle_block_out``. A1111's
-sd-webui-controlnet and ComfyUI load single ``.safetensors`` files with those keys under the
-``control_model.`` prefix. diffusers' ``ControlNetModel`` names the same tensors after its UNet
-modules. The functions here are pure key renamings (no tensor is reshaped), so the round trip is exact.
+Two layouts exist, and both tools read both:
+
+- ``original``: the original ControlNet code (lllyasviel/ControlNet, ``cldm``) stores the control
+  branch as a copy of the LDM UNet encoder (``input_blocks``, ``middle_block``, ``time_embed``, and
+  for SDXL ``label_emb``) plus the condition encoder ``input_hint_block`` and the zero convolutions
+  ``zero_convs`` / ``middle_block_out``, under the ``control_model.`` prefix. The SD 1.x/2.x
+  ControlNets (``control_v11p_sd15_canny`` ...) are distributed this way.
+- ``diffusers``: the state dict of diffusers' ``ControlNetModel`` as it is (``down_blocks.*``,
+  ``controlnet_cond_embedding.*``, ``controlnet_down_blocks.*``, ``add_embedding.*``), the
+  ``diffusion_pytorch_model.safetensors`` of a diffusers folder. SDXL ControlNets are distributed
+  this way (diffusers/controlnet-canny-sdxl-1.0 and its successors); A1111's sd-webui-controlnet and
+  ComfyUI recognise it by its ``controlnet_cond_embedding.conv_in.weight`` key and rename it
+  themselves, and diffusers' single-file loader recognises an SDXL ControlNet by its
+  ``add_embedding.linear_1.weight`` key.
+
+``cn-train export`` writes ``original`` for SD 1.x/2.x ControlNets and ``diffusers`` for SDXL ones
+unless told otherwise. The renamings here are pure (no tensor is reshaped), so round trips are exact.
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ from typing import Any
 import torch
 
 PREFIX = "control_model."
+LAYOUTS = ("original", "diffusers")
+#: present in every diffusers-layout ControlNet file, absent from original-layout ones
+DIFFUSERS_KEY = "controlnet_cond_embedding.conv_in.weight"
 
 # Sub-module names inside one residual block: diffusers name <-> LDM ``ResBlock`` name.
 _RESNET_PARTS = {
@@ -33,6 +47,8 @@ _RESNET_PARTS_BACK = {ldm: hf for hf, ldm in _RESNET_PARTS.items()}
 _FIXED = {
     "time_embedding.linear_1": "time_embed.0",
     "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's pooled-text and size embedding
+    "add_embedding.linear_2": "label_emb.0.2",
     "conv_in": "input_blocks.0.0",
     "controlnet_cond_embedding.conv_in": "input_hint_block.0",
     "controlnet_mid_block": "middle_block_out.0",
@@ -160,17 +176,29 @@ def original_to_diffusers(state_dict: dict[str, torch.Tensor], prefix: str = PRE
     return out
 
 
-def export_original(controlnet: str | Path, output: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write the diffusers ControlNet folder ``controlnet`` as one original-layout ``.safetensors`` file."""
+def default_layout(config: dict[str, Any]) -> str:
+    """``diffusers`` for an SDXL ControlNet (its "text_time" added embedding), else ``original``."""
+    return "diffusers" if config.get("addition_embed_type") == "text_time" else "original"
+
+
+def export_controlnet(
+    controlnet: str | Path, output: str | Path, dtype: torch.dtype | None = None, layout: str | None = None
+) -> Path:
+    """Write the diffusers ControlNet folder ``controlnet`` as one ``.safetensors`` file in ``layout``
+    (default: :func:`default_layout`). The file carries the diffusers config in its metadata, so that
+    :func:`load_controlnet_file` rebuilds the model offline."""
     from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
     model = ControlNetModel.from_pretrained(controlnet)
+    layout = layout or default_layout(dict(model.config))
+    if layout not in LAYOUTS:
+        raise LayoutError(f"unknown layout {layout!r}: one of {', '.join(LAYOUTS)}")
     state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": "pt", "diffusers_config": json.dumps(dict(model.config), default=str)}
-    save_file(diffusers_to_original(state), str(output), metadata=metadata)
+    save_file(diffusers_to_original(state) if layout == "original" else state, str(output), metadata=metadata)
     return output
 
 
@@ -181,10 +209,10 @@ def load_original(path: str | Path) -> dict[str, torch.Tensor]:
     return original_to_diffusers(load_file(str(path)))
 
 
-def load_original_controlnet(path: str | Path, model_class: type | None = None) -> Any:
-    """A ControlNet model from one original-layout ``.safetensors`` file.
+def load_controlnet_file(path: str | Path, model_class: type | None = None) -> Any:
+    """A ControlNet model from one ``.safetensors`` file in either layout.
 
-    Files written by :func:`export_original` carry their diffusers config and load offline; others
+    Files written by :func:`export_controlnet` carry their diffusers config and load offline; others
     go through diffusers' single-file loader, which infers the config (and may need the Hub).
     """
     from diffusers import ControlNetModel
@@ -198,6 +226,5 @@ def load_original_controlnet(path: str | Path, model_class: type | None = None) 
         return model_class.from_single_file(str(path))
     config = {k: v for k, v in json.loads(metadata["diffusers_config"]).items() if not k.startswith("_")}
     model = model_class.from_config(config)
-    model.load_state_dict(original_to_diffusers(state), strict=True)
+    model.load_state_dict(state if DIFFUSERS_KEY in state else original_to_diffusers(state), strict=True)
     return model
-

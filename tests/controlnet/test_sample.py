@@ -37,7 +37,7 @@ def test_guess_mode_scales_the_residuals_of_a_trained_controlnet(short_run) -> N
     controlnet = load_controlnet(ControlNetSpec(str(short_run.controlnet_dir)), torch.float32)
     torch.manual_seed(0)
     inputs = {
-        "sample": torch.randn(1, 4, 16, 16), "timestep": torch.tensor([500]),
+        "sample": torch.randn(1, 4, 4, 4), "timestep": torch.tensor([500]),
         "encoder_hidden_states": torch.randn(1, 77, 32), "controlnet_cond": torch.rand(1, 3, 32, 32),
         "return_dict": False,
     }
@@ -99,3 +99,17 @@ def test_mismatched_counts_are_clear_errors(short_run, tiny_base: Path, raw_phot
             "--scale", "1", "--scale", "1", "--scale", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "--scale" in result.output
+
+
+@pytest.mark.filterwarnings("error::FutureWarning")
+def test_conditions_are_read_as_annotators_read_images(short_run, tiny_base: Path, tmp_path: Path) -> None:
+    """Alpha over white (and EXIF orientation) as annotators.image decodes; no deprecated arguments."""
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[:, :16, 3] = 255  # right half transparent
+    path = tmp_path / "transparent.png"
+    Image.fromarray(rgba).save(path)
+    result = sample(SampleConfig(
+        base_model=str(tiny_base), controlnets=[ControlNetSpec(str(short_run.controlnet_dir))], images=[str(path)],
+        steps=1, output_dir=str(tmp_path / "out"),
+    ))
+    assert (result.conditions[0][:, 16:] == 255).all() and (result.conditions[0][:, :16] == 0).all()
