@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import annotators
 from annotators.base import Annotator, AnnotatorConfig, param
+from annotators.files import DEFAULT_MAX_FILE_BYTES
 from annotators.image import DEFAULT_MAX_PIXELS
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import DEFAULT_PROMPT
@@ -67,6 +68,7 @@ class BuildConfig:
     batch_size: int | None = param(None, "images per task (default: the annotators' preferred batch, else 8)", ge=1, runtime=True)
     shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
+    max_file_bytes: int = param(DEFAULT_MAX_FILE_BYTES, "larger input files (images, caption and metadata files) are skipped or refused", ge=1)
     overwrite: bool = param(False, "replace an output folder built with other settings", runtime=True)
     central: bool | None = field(default=None)  # one annotating process; None: when an annotator runs on an accelerator
 
@@ -76,6 +78,10 @@ class BuildConfig:
         ids = [name for name, _ in self.annotators]
         if len(set(ids)) != len(ids):
             raise ValueError(f"an annotator is named twice: {', '.join(ids)}")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of a command line that are not UTF-8 reach Python as lone surrogates
+            raise ValueError("the prompt is not valid UTF-8 text") from None
         for f in dataclasses.fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
@@ -109,6 +115,7 @@ class BuildConfig:
                 "resolution": None if self.keep_size else self.resolution,
                 "prompt": self.prompt,
                 "max_pixels": self.max_pixels,
+                "max_file_bytes": self.max_file_bytes,
                 "input": source.identity,
             }
         )
