@@ -78,15 +78,6 @@ class BuildResult:
         return (self.rows_added + self.skipped_added) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _write_card_if_possible(write_card: Callable[[], None]) -> None:
-    """The card at the end of a run; when the disk is full, the previous card stays (it counts only
-    rows of finished shards, so it never claims rows the folder does not have)."""
-    try:
-        write_card()
-    except OSError:
-        pass
-
-
 def weights_identity(config: BuildConfig) -> dict[str, Any]:
     """The weights each annotator will load (names and sizes), found before anything starts, so that
     missing weights stop the build with the lookup's explanation instead of skipping every image."""
@@ -225,21 +216,22 @@ def _build_locked(config: BuildConfig, source: Source, identity: dict[str, Any],
                         add(result)
                 if progress is not None:
                     progress(state)
+        writer.close()
+        take_rejected()
     except BaseException as err:  # Ctrl-C included: the buffered rows are complete, so keep them if we can
         try:
             writer.close()  # after a failed write (a full disk), this deletes the open shard instead
         except Exception:
             writer.abort()
         take_rejected()
+        skip_log.close()
+        with contextlib.suppress(OSError):  # the card of the last finished shard stays: it claims no row that is not there
+            write_card()
         if isinstance(err, AnnotatorLoadError):  # a fault of the set-up: one line, not a traceback
             raise BuildError(str(err)) from None
         raise
-    else:
-        writer.close()
-        take_rejected()
-    finally:
-        skip_log.close()
-        _write_card_if_possible(write_card)
+    skip_log.close()
+    write_card()
     return BuildResult(
         output=output,
         rows=finished.rows + writer.rows_committed,

@@ -3,14 +3,20 @@
 The card's YAML header carries the ``configs`` the Hub's viewer and ``load_dataset`` read; its
 body records how the dataset was made (annotators, parameters, package versions), how many
 images it holds and how many were skipped, and a few preview rows.
+
+Text that comes from the inputs (captions, file names, the prompt, parameter values) is shown
+bounded (:data:`CELL_CHARS`) and escaped: control characters (ESC, NUL) as ``\\xNN``, HTML as
+entities, so that a hostile caption can neither bloat the card nor script the Hub's page.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
 import platform
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
@@ -60,8 +66,28 @@ def _size_category(rows: int) -> str:
     return "n>1M"
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+#: characters of input text shown in one place of the card; longer text is cut with an ellipsis
+CELL_CHARS = 200
+# Bidirectional overrides reorder the text around them (the "Trojan source" trick): shown escaped.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(char: str) -> str:
+    if char in "\n\r\t":
+        return " "
+    if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def _cell(value: Any, limit: int = CELL_CHARS) -> str:
+    """Input text made safe for a Markdown table cell (or line) of the card: bounded, control
+    characters escaped, HTML escaped, table pipes escaped."""
+    text = str(value)
+    cut = len(text) > limit
+    text = "".join(_visible(char) for char in text[:limit]) + ("…" if cut else "")
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def render_card(info: CardInfo) -> str:
@@ -129,11 +155,11 @@ def render_card(info: CardInfo) -> str:
     ]
     for name, params in info.identity.get("annotators", {}).items():
         shown = ", ".join(f"{key}={value!r}" for key, value in params.items()) or "(none)"
-        lines.append(f"| `{name}` | {_cell(shown)} |")
+        lines.append(f"| `{name}` | {_cell(shown, limit=4 * CELL_CHARS)} |")
     lines += [
         "",
         f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
-        f"- Default prompt: {info.identity.get('prompt')!r}",
+        f"- Default prompt: \"{_cell(info.identity.get('prompt'))}\"",
     ]
     for column in info.layout.data_columns:
         for config in info.filters:

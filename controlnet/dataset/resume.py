@@ -49,6 +49,10 @@ def _describe_change(before: dict[str, Any], after: dict[str, Any], prefix: str 
     return changes
 
 
+#: entries of a folder that do not make it a dataset: the lock, and build.json while it is written
+_NOT_CONTENT = frozenset({LOCK_FILE, f".{BUILD_FILE}.tmp"})
+
+
 def _clear(output: Path) -> None:
     """Remove what a build wrote (and only that)."""
     for name in OWN_ENTRIES:
@@ -63,11 +67,16 @@ def _clear(output: Path) -> None:
 
 
 def check_output(output: Path) -> None:
-    """Refuse an ``output`` that is a file, or a folder holding something other than a dataset
-    (checked before the folder is locked, so that no lock file is left in someone else's folder)."""
+    """Refuse an ``output`` that is a file, or a folder holding something other than a dataset.
+
+    Checked before the folder is locked, so that no lock file is left in someone else's folder, and
+    again once it is locked (by :func:`prepare_output`): a folder with a lock file is a build's,
+    maybe one in progress that has not written its ``build.json`` yet."""
     if output.exists() and not output.is_dir():
         raise BuildError(f"{output} is a file; the output of a dataset build is a folder")
-    if output.is_dir() and any(p.name != LOCK_FILE for p in output.iterdir()) and not (output / BUILD_FILE).is_file():
+    if (output / LOCK_FILE).exists():
+        return
+    if output.is_dir() and any(output.iterdir()) and not (output / BUILD_FILE).is_file():
         raise BuildError(f"{output} is not empty and holds no cn-annotate dataset ({BUILD_FILE} is missing); choose a new or empty folder")
 
 
@@ -86,9 +95,10 @@ def prepare_output(output: Path, identity: dict[str, Any], overwrite: bool) -> N
     """Check that ``output`` is new, empty, or a build of the same identity (refused otherwise,
     unless ``overwrite``), and record the identity there."""
     build_file = output / BUILD_FILE
-    check_output(output)
     try:
-        if output.is_dir() and any(p.name != LOCK_FILE for p in output.iterdir()):
+        if output.is_dir() and any(p.name not in _NOT_CONTENT for p in output.iterdir()):
+            if not build_file.is_file():
+                raise BuildError(f"{output} is not empty and holds no cn-annotate dataset ({BUILD_FILE} is missing); choose a new or empty folder")
             if overwrite:  # whatever build.json says, even if it no longer reads
                 _clear(output)
             else:
@@ -96,10 +106,11 @@ def prepare_output(output: Path, identity: dict[str, Any], overwrite: bool) -> N
                 if previous != identity:
                     changes = "; ".join(_describe_change(previous, identity))
                     raise BuildError(f"{output} was built with other settings ({changes}). Use --overwrite to replace it, or choose another output folder")
-        (output / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        # build.json first: a folder is never left with data/ and no record of what it holds
         tmp = output / f".{BUILD_FILE}.tmp"
         tmp.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, build_file)
+        (output / DATA_DIR).mkdir(exist_ok=True)
     except OSError as err:  # a read-only folder, a full disk
         raise BuildError(f"cannot write to {output} ({err.strerror or err})") from None
 

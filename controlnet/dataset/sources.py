@@ -153,12 +153,12 @@ def _csv_rows(path: Path, raw: bytes, max_bytes: int) -> Any:
     # The csv module's own field limit (128 KiB) is process-wide; long captions are legitimate, up to the file limit.
     if csv.field_size_limit() < max_bytes:
         csv.field_size_limit(min(max_bytes, sys.maxsize))
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)  # strict: an unclosed quote is an error, not a caption
     try:
         for row in reader:
             yield reader.line_num, row
     except csv.Error as err:
-        raise SourceError(f"{path}: line {reader.line_num}: malformed CSV ({err})") from None
+        raise SourceError(f"{path}: line {reader.line_num + 1}: malformed CSV ({err})") from None  # line_num: lines of the rows read before
 
 
 def _read_metadata(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Captions:
