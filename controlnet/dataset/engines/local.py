@@ -5,11 +5,14 @@ grow with the number of images, and results come back in input order. When an an
 accelerator (``BuildConfig.is_central``), this process loads it once and annotates whole batches
 while the workers only decode and encode.
 
-A worker that dies (the out-of-memory killer, a crash in a native library) breaks the pool: the
-death is reported, the pool is started again, and the chunks that were in flight are retried one at
-a time. A chunk that kills its worker again is retried one input at a time, and an input that kills
-its worker on its own is skipped with that reason, so one poisonous file costs one row, not the
-build. (With ``workers=1`` everything runs in this process, and there is no worker to lose.)
+Each worker has a pipe of its own and one chunk at a time, so this process always knows which
+chunk a worker holds. A worker that dies (the out-of-memory killer, a crash in a native library),
+even halfway through sending its result, is seen at once (its pipe ends, its process sentinel is
+ready): the death is reported, a new worker replaces it, and its chunk is retried one input at a
+time, each on a worker of its own. An input whose worker dies a second time is skipped with that
+reason, so one poisonous file costs one row, not the build. (``multiprocessing.Pool`` waits forever
+for a dead worker's task, and ``concurrent.futures`` can block reading a result cut short.) With
+``workers=1`` everything runs in this process, and there is no worker to lose.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cv2
@@ -35,10 +38,11 @@ __all__ = ["run"]
 
 log = logging.getLogger("controlnet.dataset")
 
+#: inputs skipped in a row for killing their worker before the build gives up: something kills every input
+CONSECUTIVE_CRASHES = 10
+
 _WORKER: Pipeline | None = None
 _WORKER_ERROR: str | None = None  # why the worker's pipeline could not be made, raised by its first task
-#: inputs skipped in a row for killing their worker before the build gives up: something is wrong with every input
-CONSECUTIVE_CRASHES = 10
 
 
 def _die_with_parent(parent: int) -> None:
@@ -57,7 +61,7 @@ def _die_with_parent(parent: int) -> None:
 def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int) -> None:
     global _WORKER, _WORKER_ERROR
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which stops the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's own handler (if any) must not keep a worker alive
     cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -65,7 +69,7 @@ def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int) -> None:
         sys.modules["torch"].set_num_threads(1)
     try:
         _WORKER = Pipeline(*args, load_annotators=annotate)
-    except Exception as err:  # an initializer that raises breaks the pool, which would read as a crash
+    except Exception as err:  # reported by the first task, as a fault of the set-up
         _WORKER_ERROR = f"cannot start a worker: {type(err).__name__}: {err}"
 
 
@@ -82,6 +86,26 @@ def _work(chunk: list[SourceItem]) -> list[Row | Skip]:
 def _work_prepare(chunk: list[SourceItem]) -> list[Prepared | Skip]:
     worker = _pipeline()
     return [worker.guarded_prepare(item) for item in chunk]
+
+
+def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], initargs: tuple[Any, ...]) -> None:
+    """A worker's loop: a chunk in, ``("ok", result)`` or ``("error", exception)`` out, until the pipe closes."""
+    _init_worker(*initargs)
+    while True:
+        try:
+            chunk = connection.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", function(chunk))
+        except Exception as err:
+            reply = ("error", err)
+        try:
+            connection.send(reply)
+        except Exception as err:  # a result that cannot be pickled: say so instead
+            connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
 
 def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
@@ -101,64 +125,89 @@ def pipeline_args(config: BuildConfig) -> tuple[Any, ...]:
 
 def _how(exitcode: int | None) -> str:
     if exitcode is None:
-        return "it stopped"
+        return "its pipe closed"
     if exitcode < 0:
         try:
             return f"killed by {signal.Signals(-exitcode).name}"
         except ValueError:
             return f"killed by signal {-exitcode}"
-    return f"it exited with status {exitcode}"
+    return f"exited with status {exitcode}"
+
+
+@dataclass
+class _Task:
+    """Inputs ``items`` of chunk ``sequence`` (all of it, or the input at ``part`` once split)."""
+
+    sequence: int
+    items: list[SourceItem]
+    part: int | None = None
+    deaths: int = 0  # worker deaths this task's inputs were in flight for
+
+
+@dataclass
+class _Worker:
+    process: Any
+    connection: Connection
+    task: _Task | None = None
+
+
+@dataclass
+class _Results:
+    """Finished chunks, kept until every earlier chunk is finished, and chunks split into inputs."""
+
+    done: dict[int, list[Any]] = field(default_factory=dict)
+    parts: dict[int, list[Any]] = field(default_factory=dict)
+
+    def add(self, task: _Task, result: list[Any]) -> None:
+        if task.part is None:
+            self.done[task.sequence] = result
+            return
+        parts = self.parts[task.sequence]
+        parts[task.part] = result
+        if all(part is not None for part in parts):
+            self.done[task.sequence] = [row for part in self.parts.pop(task.sequence) for row in part]
 
 
 class _Pool:
-    """A ProcessPoolExecutor that can be started again after a worker dies, and that knows its
-    worker processes (to say how one died, and to stop them at once on Ctrl-C)."""
+    """Worker processes, each with its own pipe; see the module docstring."""
 
-    def __init__(self, workers: int, initargs: tuple[Any, ...]) -> None:
+    def __init__(self, size: int, function: Callable[[list[SourceItem]], Any], initargs: tuple[Any, ...]) -> None:
         methods = multiprocessing.get_all_start_methods()
         self.context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        self.workers = workers
+        self.function = function
         self.initargs = initargs
-        self.executor: ProcessPoolExecutor | None = None
-        self.processes: list[Any] = []
+        self.workers = [self._start() for _ in range(size)]
 
-    def submit(self, function: Callable[[list[SourceItem]], Any], chunk: list[SourceItem]) -> Future[Any]:
-        """The chunk's future; when the pool broke since the last look, one that failed with it."""
-        if self.executor is None:
-            before = set(multiprocessing.active_children())
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_init_worker, initargs=self.initargs)
-            future = self.executor.submit(function, chunk)  # with fork, the first submit starts every worker
-            self.processes = [p for p in multiprocessing.active_children() if p not in before]
-            return future
-        try:
-            return self.executor.submit(function, chunk)
-        except BrokenProcessPool as err:  # handled like the chunks that were in flight: retried alone
-            failed: Future[Any] = Future()
-            failed.set_exception(err)
-            return failed
+    def _start(self) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(target=_serve, args=(theirs, self.function, self.initargs), daemon=True)
+        process.start()
+        theirs.close()  # the worker holds the only other end: its death ends the pipe for us
+        return _Worker(process, ours)
 
-    def death(self) -> str:
-        """How the pool's dead worker died, as far as its exit status tells."""
-        for process in self.processes:
-            process.join(timeout=5)
-        codes = [(p.pid, p.exitcode) for p in self.processes]
-        # The executor ends the other workers with SIGTERM once one has died; the first death is another one.
-        dead = [(pid, code) for pid, code in codes if code != -signal.SIGTERM] or codes[:1]
-        return ", ".join(f"process {pid}: {_how(code)}" for pid, code in dead) or "no details"
-
-    def restart(self) -> None:
-        self.stop(kill=False)
+    def replace(self, worker: _Worker) -> str:
+        """Reap a dead worker, start another in its place, and say how the dead one ended."""
+        worker.connection.close()
+        if worker.process.exitcode is None:
+            worker.process.kill()  # its pipe broke but it lives on: it cannot be trusted
+        worker.process.join()
+        how = f"process {worker.process.pid}: {_how(worker.process.exitcode)}"
+        self.workers[self.workers.index(worker)] = self._start()
+        return how
 
     def stop(self, kill: bool) -> None:
-        if self.executor is None:
-            return
-        if kill:  # Ctrl-C or an error: do not wait for the chunks in progress
-            for process in self.processes:
-                if process.exitcode is None:
-                    process.kill()
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self.executor = None
-        self.processes = []
+        for worker in self.workers:
+            if not kill:
+                try:
+                    worker.connection.send(None)
+                except OSError:
+                    pass
+            worker.connection.close()
+        for worker in self.workers:
+            worker.process.join(timeout=None if not kill else 0)
+            if worker.process.exitcode is None:
+                worker.process.kill()  # Ctrl-C or an error: the chunks in progress are not waited for
+                worker.process.join()
 
 
 def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row | Skip]]:
@@ -178,80 +227,114 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
         return
     central = config.is_central
     annotator = Pipeline(*args) if central else None
-    function = _work_prepare if central else _work
-    pool = _Pool(config.workers, (args, not central, os.getpid()))
-    window = 2 * config.workers
-    in_flight: deque[tuple[list[SourceItem], Future[Any]]] = deque()
+    pool = _Pool(config.workers, _work_prepare if central else _work, (args, not central, os.getpid()))
+    window = 2 * config.workers  # chunks handed out and not yet yielded
+    retries: deque[_Task] = deque()  # inputs of broken chunks, run before new chunks
+    results = _Results()
+    handed_out = next_to_yield = 0
     crashes_in_a_row = 0
+    exhausted = False
 
-    def finish(result: Any) -> list[Row | Skip]:
-        return annotator.annotate(result) if annotator is not None else result
+    def next_task() -> _Task | None:
+        nonlocal handed_out, exhausted
+        if retries:
+            return retries.popleft()
+        if exhausted or handed_out - next_to_yield >= window:
+            return None
+        chunk = next(chunks, None)
+        if chunk is None:
+            exhausted = True
+            return None
+        handed_out += 1
+        return _Task(handed_out - 1, chunk)
 
-    def alone(chunk: list[SourceItem]) -> list[Any]:
-        """Run ``chunk`` with nothing else in flight; its inputs one by one if it fails again. An
-        input that kills its worker on its own is skipped."""
-        nonlocal crashes_in_a_row
-        try:
-            result = pool.submit(function, chunk).result()
-        except BrokenProcessPool:
-            how = pool.death()
-            pool.restart()
-        except AnnotatorLoadError:
-            raise
-        except Exception as err:  # e.g. a result that cannot be sent back
-            how = f"{type(err).__name__}: {err}"
+    def split(task: _Task) -> None:
+        """Retry a chunk's inputs one by one, each on a worker of its own, before anything new."""
+        if task.part is None:
+            results.parts[task.sequence] = [None] * len(task.items)
+            retries.extendleft(reversed([_Task(task.sequence, [item], part, task.deaths) for part, item in enumerate(task.items)]))
         else:
-            crashes_in_a_row = 0
-            return result
-        if len(chunk) > 1:
-            log.warning("the workers failed again on a chunk of %d inputs (%s); retrying them one by one", len(chunk), how)
-            return [result for item in chunk for result in alone([item])]
-        (item,) = chunk
+            retries.appendleft(task)
+
+    def died(worker: _Worker) -> None:
+        nonlocal crashes_in_a_row
+        task = worker.task
+        worker.task = None
+        how = pool.replace(worker)
+        assert task is not None
+        task.deaths += 1
+        if task.deaths == 1 or len(task.items) > 1:
+            shown = ", ".join(item.file_name for item in task.items[:3]) + (" ..." if len(task.items) > 3 else "")
+            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, shown)
+            split(task)
+            return
+        (item,) = task.items
         crashes_in_a_row += 1
         if crashes_in_a_row >= CONSECUTIVE_CRASHES:
             raise BuildError(f"worker processes died on {crashes_in_a_row} inputs in a row (last: {how}); is there enough memory for --workers {config.workers}?")
-        log.warning("%s: its worker failed again while processing it alone (%s); it is skipped", item.file_name, how)
-        return [Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})")]
+        log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
+        results.add(task, [Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})")])
 
-    def settled(chunk: list[SourceItem], future: Future[Any]) -> Any:
-        """The result of a chunk whose future is done and did not break the pool."""
-        try:
-            return future.result()
-        except AnnotatorLoadError:
-            raise
-        except Exception as err:  # this chunk's own failure, not the pool's: find the input at fault
-            log.warning("a chunk of %d inputs failed (%s: %s); retrying them one by one", len(chunk), type(err).__name__, err)
-            return [result for item in chunk for result in alone([item])]
+    def replied(worker: _Worker, status: str, payload: Any) -> None:
+        nonlocal crashes_in_a_row
+        task = worker.task
+        worker.task = None
+        assert task is not None
+        if status == "ok":
+            crashes_in_a_row = 0
+            results.add(task, payload)
+        elif isinstance(payload, AnnotatorLoadError):
+            raise payload
+        elif len(task.items) > 1:  # the chunk failed as a whole (not one input): find the input at fault
+            log.warning("a chunk of %d inputs failed (%s: %s); retrying them one by one", len(task.items), type(payload).__name__, payload)
+            split(task)
+        else:
+            (item,) = task.items
+            message = " ".join(str(payload).split())[:300]
+            results.add(task, [Skip(item.file_name, item.path, f"unexpected error ({type(payload).__name__}: {message})")])
 
-    def oldest() -> Iterator[list[Row | Skip]]:
-        """The oldest chunk's rows; after a worker died, those of every chunk that was in flight."""
-        chunk, future = in_flight[0]
-        wait([future])
-        if not isinstance(future.exception(), BrokenProcessPool):
-            in_flight.popleft()
-            yield finish(settled(chunk, future))
-            return
-        # The executor fails every unfinished chunk with it; those that finished keep their results.
-        wait([f for _, f in in_flight])
-        lost = [(c, f) for c, f in in_flight if isinstance(f.exception(), BrokenProcessPool)]
-        log.warning(
-            "a worker process died (%s); starting new workers and retrying the %d inputs that were in progress",
-            pool.death(),
-            sum(len(c) for c, _ in lost),
-        )
-        pool.restart()
-        while in_flight:
-            chunk, future = in_flight.popleft()
-            yield finish(alone(chunk) if isinstance(future.exception(), BrokenProcessPool) else settled(chunk, future))
+    def finish(result: list[Any]) -> list[Row | Skip]:
+        return annotator.annotate(result) if annotator is not None else result
 
+    def hand_out() -> None:
+        nonlocal idle_deaths
+        for worker in list(pool.workers):
+            if worker.task is None and (task := next_task()) is not None:
+                try:
+                    worker.connection.send(task.items)
+                except OSError:  # it died while idle: not the task's fault, which waits for the next worker
+                    retries.appendleft(task)
+                    idle_deaths += 1
+                    if idle_deaths > CONSECUTIVE_CRASHES * config.workers:
+                        raise BuildError("worker processes keep dying before they are given any work") from None
+                    log.warning("a worker process died while idle (%s); a new one takes its place", pool.replace(worker))
+                    continue
+                worker.task = task
+
+    idle_deaths = 0
     completed = False
     try:
-        for chunk in chunks:
-            in_flight.append((chunk, pool.submit(function, chunk)))
-            while len(in_flight) >= window:
-                yield from oldest()
-        while in_flight:
-            yield from oldest()
+        while True:
+            hand_out()
+            busy = [worker for worker in pool.workers if worker.task is not None]
+            if not busy:
+                if retries:  # handed back by a worker that died idle
+                    continue
+                break  # every chunk was handed out, finished and yielded
+            ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if worker.connection not in ready and worker.process.sentinel not in ready:
+                    continue
+                try:  # a reply sent before a worker ended is still read
+                    status, payload = worker.connection.recv()
+                except (EOFError, OSError):  # ended, or cut short halfway through its reply
+                    died(worker)
+                    continue
+                replied(worker, status, payload)
+            while next_to_yield in results.done:
+                result = results.done.pop(next_to_yield)
+                next_to_yield += 1
+                yield finish(result)
         completed = True
     finally:
         pool.stop(kill=not completed)
