@@ -193,7 +193,7 @@ def _build_locked(config: BuildConfig, source: Source, identity: dict[str, Any],
         for row, reason in writer.rejected:
             state.rows -= 1
             for column, tally in zip(layout.data_columns, row.tallies):
-                open_tallies[column.name].subtract(tally)
+                open_tallies[column.name] -= tally  # keeps positive counts only, as if the row had not come
             open_preview[:] = [shown for shown in open_preview if shown["file_name"] != row.file_name]
             skip(Skip(row.file_name, None, reason))
         writer.rejected.clear()

@@ -5,8 +5,9 @@ grow with the number of images, and results come back in input order. When an an
 accelerator (``BuildConfig.is_central``), this process loads it once and annotates whole batches
 while the workers only decode and encode.
 
-Each worker has a pipe of its own and one chunk at a time, so this process always knows which
-chunk a worker holds. A worker that dies (the out-of-memory killer, a crash in a native library),
+Each worker has a pipe of its own and at most two chunks (the one it works on, and the next, so
+that it never waits for this process), done in order, so this process always knows which chunk a
+worker was working on. A worker that dies (the out-of-memory killer, a crash in a native library),
 even halfway through sending its result, is seen at once (its pipe ends, its process sentinel is
 ready): the death is reported, a new worker replaces it, and its chunk is retried one input at a
 time, each on a worker of its own. An input whose worker dies a second time is skipped with that
@@ -89,21 +90,34 @@ def _work_prepare(chunk: list[SourceItem]) -> list[Prepared | Skip]:
 
 
 def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], initargs: tuple[Any, ...]) -> None:
-    """A worker's loop: a chunk in, ``("ok", result)`` or ``("error", exception)`` out, until the pipe closes."""
+    """A worker's loop: chunks in, ``("ok", result)`` or ``("error", exception)`` out, in order, until
+    the pipe closes or None comes."""
     _init_worker(*initargs)
+    chunks: deque[Any] = deque()
     while True:
-        try:
-            chunk = connection.recv()
-        except (EOFError, OSError):
-            return
+        if not chunks:
+            try:
+                chunks.append(connection.recv())
+            except (EOFError, OSError):
+                return
+        chunk = chunks.popleft()
         if chunk is None:
             return
         try:
             reply: tuple[str, Any] = ("ok", function(chunk))
         except Exception as err:
             reply = ("error", err)
+        # Read what was sent meanwhile before replying: a sender blocked on a full pipe must not
+        # wait for us while we wait for it to read our reply.
+        while connection.poll():
+            try:
+                chunks.append(connection.recv())
+            except (EOFError, OSError):
+                return
         try:
             connection.send(reply)
+        except (EOFError, OSError):
+            return
         except Exception as err:  # a result that cannot be pickled: say so instead
             connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
@@ -148,7 +162,7 @@ class _Task:
 class _Worker:
     process: Any
     connection: Connection
-    task: _Task | None = None
+    tasks: deque[_Task] = field(default_factory=deque)  # sent and not answered, in order: the first is in progress
 
 
 @dataclass
@@ -257,11 +271,12 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
             retries.appendleft(task)
 
     def died(worker: _Worker) -> None:
+        """The worker ended: its first task is the one it was working on; the next was not begun."""
         nonlocal crashes_in_a_row
-        task = worker.task
-        worker.task = None
+        task, *waiting = worker.tasks
+        worker.tasks.clear()
         how = pool.replace(worker)
-        assert task is not None
+        retries.extendleft(reversed(waiting))
         task.deaths += 1
         if task.deaths == 1 or len(task.items) > 1:
             shown = ", ".join(item.file_name for item in task.items[:3]) + (" ..." if len(task.items) > 3 else "")
@@ -277,9 +292,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
 
     def replied(worker: _Worker, status: str, payload: Any) -> None:
         nonlocal crashes_in_a_row
-        task = worker.task
-        worker.task = None
-        assert task is not None
+        task = worker.tasks.popleft()
         if status == "ok":
             crashes_in_a_row = 0
             results.add(task, payload)
@@ -299,24 +312,27 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
     def hand_out() -> None:
         nonlocal idle_deaths
         for worker in list(pool.workers):
-            if worker.task is None and (task := next_task()) is not None:
+            while len(worker.tasks) < 2 and (task := next_task()) is not None:
                 try:
                     worker.connection.send(task.items)
-                except OSError:  # it died while idle: not the task's fault, which waits for the next worker
+                except OSError:  # it died: not this task's fault, which waits for the next worker
                     retries.appendleft(task)
+                    if worker.tasks:  # it had work: blame that, as when its death is seen by waiting
+                        died(worker)
+                        break
                     idle_deaths += 1
                     if idle_deaths > CONSECUTIVE_CRASHES * config.workers:
                         raise BuildError("worker processes keep dying before they are given any work") from None
                     log.warning("a worker process died while idle (%s); a new one takes its place", pool.replace(worker))
-                    continue
-                worker.task = task
+                    break
+                worker.tasks.append(task)
 
     idle_deaths = 0
     completed = False
     try:
         while True:
             hand_out()
-            busy = [worker for worker in pool.workers if worker.task is not None]
+            busy = [worker for worker in pool.workers if worker.tasks]
             if not busy:
                 if retries:  # handed back by a worker that died idle
                     continue
@@ -331,6 +347,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
                     died(worker)
                     continue
                 replied(worker, status, payload)
+            hand_out()  # before the rows are yielded: the workers go on while this process writes them
             while next_to_yield in results.done:
                 result = results.done.pop(next_to_yield)
                 next_to_yield += 1
