@@ -7,8 +7,8 @@ Modes (each trial in a fresh output folder, each build a real ``cn-annotate cann
 
 * ``kill``: the build is sent a signal (SIGKILL by default) at a random moment between its start and
   its expected end, then the same command is run again to completion;
-* ``chain``: one build is killed ``--trials`` times in a row at random moments, resuming each time,
-  then finished;
+* ``chain``: one build is killed ``--trials`` times in a row (during start-up, or just after a shard
+  is committed), resuming each time, then finished;
 * ``workers``: worker processes of a running build are sent SIGKILL at random moments (as the
   out-of-memory killer does), and the build must finish on its own;
 * ``disk``: the build writes to a tmpfs of a random size (1-6 MiB) until the disk is full, the disk
@@ -151,12 +151,22 @@ def kill_trials(args: argparse.Namespace, images: Path, reference: dict[str, Any
 
 
 def chain_trial(args: argparse.Namespace, images: Path, reference: dict[str, Any], bad: set[str], window: tuple[float, float], work: Path) -> Tally:
+    """One output killed ``--trials`` times: a quarter of the runs during their start-up, the others
+    just after they commit their next shard, so that each kill lands while work remains and the
+    build advances about a shard per run."""
     rng = random.Random(args.seed + 2)
     output = work / "chain"
     history = []
-    for kill in range(args.trials):
+    for _ in range(args.trials):
+        before = committed(output)
         process = subprocess.Popen(command(images, output, args.workers), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(window[0], window[0] + (window[1] - window[0]) / 4))  # a quarter of the work, at most, per run
+        if rng.random() < 0.25:
+            time.sleep(rng.uniform(0.0, window[0]))
+        else:
+            deadline = time.monotonic() + 60
+            while committed(output) <= max(before, 0) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=120)
         history.append(committed(output))

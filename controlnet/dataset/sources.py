@@ -126,7 +126,7 @@ def _read_sidecar(path: Path, max_bytes: int) -> str:
 Captions = dict[str, "str | CaptionError"]
 
 
-def _jsonl_rows(path: Path, raw: bytes) -> Any:
+def _jsonl_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, row)`` of a JSON Lines file; a line that is not a JSON object refuses the file."""
     for number, line in enumerate(raw.split(b"\n"), start=1):
         if not line.strip():
@@ -144,7 +144,7 @@ def _jsonl_rows(path: Path, raw: bytes) -> Any:
         yield number, row
 
 
-def _csv_rows(path: Path, raw: bytes, max_bytes: int) -> Any:
+def _csv_rows(path: Path, raw: bytes, max_bytes: int) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -168,6 +168,7 @@ def _read_metadata(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Capti
     except FileRefusedError as err:
         raise SourceError(f"{path}: cannot read captions ({err.reason})") from None
     rows = _jsonl_rows(path, raw) if path.suffix == ".jsonl" else _csv_rows(path, raw, max_bytes)
+    # (line number, row): the number is the file's own, so that a caption's problem names its line
     captions: Captions = {}
     for number, row in rows:
         if not row.get("file_name"):

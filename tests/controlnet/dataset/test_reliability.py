@@ -312,13 +312,18 @@ def test_a_worker_killed_from_outside_is_detected(pngs: Path, tmp_path: Path, re
     def killer() -> None:
         pid_file = Path(f"{gate}.pid")
         deadline = time.monotonic() + 60
-        while not pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pid = int(pid_file.read_text())
-        assert pid != os.getpid()
-        os.kill(pid, 9)
-        killed.append(pid)
-        gate.unlink()  # the retried image goes through
+        try:
+            while time.monotonic() < deadline:
+                text = pid_file.read_text() if pid_file.exists() else ""
+                if text.strip():  # written in full
+                    break
+                time.sleep(0.01)
+            pid = int(pid_file.read_text())
+            if pid != os.getpid():  # a worker, never this process
+                os.kill(pid, 9)
+                killed.append(pid)
+        finally:
+            gate.unlink()  # the retried image goes through (and the build never waits forever)
 
     thread = threading.Thread(target=killer)
     thread.start()
