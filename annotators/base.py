@@ -24,12 +24,19 @@ import numpy as np
 from annotators.image import hwc3, single_channel as to_single_channel
 
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Self
 
     from annotators.data import DataKind
     from annotators.weights import Weights
 
-__all__ = ["Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
+__all__ = ["MAP_KINDS", "Annotation", "Annotator", "AnnotatorConfig", "described_fields", "image_seed", "param"]
+
+#: What a condition map can show, as annotators declare it in ``map_kind``: binary edges or line
+#: segments; soft edges, scribbles and line art; relative depth; surface normals; keypoints (with
+#: pose data); class labels (with label data); a binary mask; an image-like map (blurred, tiled,
+#: inverted or colour-grid versions of the picture).
+MAP_KINDS = ("edges", "soft_edges", "depth", "normals", "pose", "segmentation", "mask", "image")
 
 
 def param(
@@ -126,10 +133,11 @@ class AnnotatorConfig:
 
 @dataclass(frozen=True)
 class Annotation:
-    """One annotated image: the condition map, plus structured data for annotators that find it."""
+    """One annotated image: the condition map, plus structured data for annotators that find it
+    (in the form its ``data_kind`` encodes: an OpenPose JSON dict, an HxW label map, ...)."""
 
     map: np.ndarray
-    data: dict[str, Any] | None = None
+    data: Any = None
 
 
 def image_seed(image: np.ndarray, seed: int) -> int:
@@ -160,6 +168,10 @@ class Annotator:
             (:class:`annotators.data.DataKind`, e.g. OpenPose keypoints), or None.
         grayscale: the map is single-channel: the core returns it HxW (HxWx3 with equal channels
             is accepted too) and ``annotate`` widens it to HxWx3 unless ``single_channel``.
+        map_kind: what the map shows, one of :data:`MAP_KINDS`, so that an image made from the
+            map can be re-annotated and scored against it (``cn-eval``); None: no such measure
+            applies (e.g. a random shuffle). An annotator whose ``data_kind`` is pose or
+            segmentation is measured on that data when it leaves this None.
     """
 
     name: ClassVar[str]
@@ -168,6 +180,7 @@ class Annotator:
     weights: ClassVar[Weights | None] = None
     data_kind: ClassVar[DataKind | None] = None
     grayscale: ClassVar[bool] = False
+    map_kind: ClassVar[str | None] = None
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         if config is not None and params:
@@ -210,12 +223,19 @@ class Annotator:
         """Whether the declared weights can be found without touching the network."""
         return cls.weights is None or cls.weights.present(weights)
 
+    def locate_weights(self) -> list[Path]:
+        """The files (or model folder) this instance loads, found as its ``weights`` declare; raises
+        :class:`annotators.weights.WeightsNotFoundError`. Annotators whose weights depend on their
+        config (a chosen model, an alternative format) override this."""
+        assert self.weights is not None
+        return self.weights.locate(self.weights_location)
+
     def weights_identity(self) -> list[dict[str, Any]] | None:
         """Names and sizes of the weights this instance loads (None: it has none). Finds them, so it
         raises like ``load`` when they are missing."""
         if self.weights is None:
             return None
-        return self.weights.identity(self.weights.locate(self.weights_location))
+        return self.weights.identity(self.locate_weights())
 
     def load(self) -> Self:
         """Load the backend (weights, model, graph) now instead of on the first call."""

@@ -21,6 +21,7 @@ class BlurGaussian(PerImageAnnotator):
     name = "blur_gaussian"
     description = "Gaussian blur of the image (tile/blur ControlNets)"
     Config = BlurConfig
+    map_kind = "image"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(image, (0, 0), self.config.sigma)

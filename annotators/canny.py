@@ -38,6 +38,7 @@ class Canny(PerImageAnnotator):
     description = "Canny edges (OpenCV), white on black"
     Config = CannyConfig
     grayscale = True
+    map_kind = "edges"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return canny(image, self.config.low_threshold, self.config.high_threshold)

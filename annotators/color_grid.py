@@ -29,6 +29,7 @@ class ColorGrid(PerImageAnnotator):
     name = "color_grid"
     description = "T2I-Adapter colour grid: flat cells of the local colour"
     Config = ColorGridConfig
+    map_kind = "image"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return color_grid(image, self.config.cell_size)

@@ -169,9 +169,12 @@ POSE = PoseKind()
 
 @dataclass(frozen=True, eq=False)
 class SegmentationKind(ImageDataKind):
-    """A label map (HxW class indices) of one label set, stored as a PNG: 8-bit when every label
-    fits, else 16-bit. The label set's class names and palette travel with the kind, so the card
-    can name the classes and a reader can colour the labels as the annotator did."""
+    """A label map (HxW class indices) of one label set, stored as a lossless PNG: 8-bit when every
+    label fits, else 16-bit. The label set's class names and palette travel with the kind, so the card
+    can name the classes and a reader can colour the labels as the annotator did.
+
+    The card's class-frequency table gives, per class, the images it appears in and its share of all
+    labelled pixels."""
 
     label_set: str
     classes: tuple[str, ...]
@@ -183,17 +186,25 @@ class SegmentationKind(ImageDataKind):
     def __post_init__(self) -> None:
         if len(self.palette) < len(self.classes):
             raise ValueError(f"{self.label_set}: {len(self.classes)} classes but {len(self.palette)} palette colours")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"{self.label_set}: class names repeat, so the card could not tell them apart")
 
     @property
     def description(self) -> str:  # type: ignore[override]
         return f"label map (PNG, one {self.label_set} class index per pixel; class names and palette below)"
 
+    @property
+    def depth(self) -> type[np.unsignedinteger]:
+        """The PNG sample type: uint8 up to 256 classes, else uint16."""
+        return np.uint8 if len(self.classes) <= 256 else np.uint16
+
     def encode(self, data: Any) -> bytes:
         labels = np.asarray(data)
-        if labels.ndim != 2 or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(self.classes):
-            raise ValueError(f"expected an HxW label map with labels in [0, {len(self.classes)}), got shape {labels.shape}")
-        depth = np.uint8 if len(self.classes) <= 256 else np.uint16
-        ok, buffer = cv2.imencode(".png", np.ascontiguousarray(labels.astype(depth)))
+        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or labels.min(initial=0) < 0 or labels.max(initial=0) >= len(self.classes):
+            raise ValueError(
+                f"expected an HxW integer label map with labels in [0, {len(self.classes)}), got {labels.dtype} of shape {labels.shape}"
+            )
+        ok, buffer = cv2.imencode(".png", np.ascontiguousarray(labels.astype(self.depth)))
         if not ok:
             raise ValueError("PNG encoding of a label map failed")
         return buffer.tobytes()
@@ -210,18 +221,26 @@ class SegmentationKind(ImageDataKind):
         return np.asarray(self.palette, np.uint8)[labels]
 
     def tally(self, data: Any) -> Counter[str]:
-        present = np.unique(np.asarray(data))
-        return Counter({self.classes[int(label)]: 1 for label in present})
+        """``images:<class>`` (1 if present) and ``pixels:<class>`` counts for one label map."""
+        present, counts = np.unique(np.asarray(data), return_counts=True)
+        totals: Counter[str] = Counter()
+        for label, count in zip(present.tolist(), counts.tolist()):
+            totals[f"images:{self.classes[label]}"] = 1
+            totals[f"pixels:{self.classes[label]}"] = count
+        return totals
 
     def card_lines(self, totals: Counter[str], rows: int) -> list[str]:
+        pixels = sum(totals[f"pixels:{name}"] for name in self.classes)
+        found = sum(1 for name in self.classes if totals[f"images:{name}"])
         lines = [
-            f"- Label set: {self.label_set}, {len(self.classes)} classes. Images containing each class "
-            "(class index, name, palette colour as RGB):",
+            f"- Label set: {self.label_set}, {len(self.classes)} classes, {found} of them found. Per class: its index, "
+            "name and palette colour (RGB), the images it appears in and its share of all labelled pixels:",
             "",
-            "  | index | class | RGB | images |",
-            "  |---|---|---|---|",
+            "  | index | class | RGB | images | pixels |",
+            "  |---|---|---|---|---|",
         ]
         for index, name in enumerate(self.classes):
             red, green, blue = self.palette[index]
-            lines.append(f"  | {index} | {name} | {red},{green},{blue} | {totals.get(name, 0)} |")
+            share = f"{100 * totals[f'pixels:{name}'] / pixels:.2f}%" if pixels else "0.00%"
+            lines.append(f"  | {index} | {name} | {red},{green},{blue} | {totals[f'images:{name}']} | {share} |")
         return lines

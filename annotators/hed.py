@@ -101,6 +101,7 @@ class SoftEdgeNetwork(NeuralAnnotator):
     post-processing of :func:`soft_edge_map`; families implement ``_probabilities``."""
 
     grayscale = True
+    map_kind = "soft_edges"
 
     def _probabilities(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         """Per image of a same-shape batch, the HxW edge probability in [0, 1]."""

@@ -30,6 +30,7 @@ __all__ = [
     "ImageError",
     "decode_image",
     "decode_image_info",
+    "encode_image",
     "encode_png",
     "hwc3",
     "load_image",
@@ -45,6 +46,13 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+
+#: Pillow modes whose pixels are gray levels (after alpha is composited over white).
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+#: What :func:`encode_image` writes; the lossless ones decode to exactly the pixels they were given.
+IMAGE_ENCODINGS = ("jpeg", "png", "webp")
+LOSSLESS_ENCODINGS = frozenset({"png", "webp"})
 
 
 class ImageError(ValueError):
@@ -130,11 +138,13 @@ class DecodedImage:
 
     ``plain`` is true when the pixels are exactly what any reader gets by decoding the file and
     converting it to RGB: no EXIF rotation was applied and there was no alpha or high bit depth.
+    ``gray`` is true when the file holds gray levels (its three decoded channels are equal).
     """
 
     pixels: np.ndarray
     format: str
     plain: bool
+    gray: bool = False
 
 
 # EXIF orientation -> the numpy operations that undo it (as ImageOps.exif_transpose does).
@@ -280,11 +290,12 @@ def _decode_tiff_fallback(data: bytes, source: str | os.PathLike[str] | None, ma
     elif array.dtype != np.uint8:
         top = float(np.iinfo(array.dtype).max) if array.dtype.kind in "ui" else 255.0
         array = (array.astype(np.float64).clip(0, top) * (255.0 / top)).round().astype(np.uint8)
+    gray = array.ndim == 2 or array.shape[2] in (1, 2)
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB) if array.shape[2] in (3, 4) else array[:, :, :1]
     pixels = hwc3(array)
     orientation = int(orientation_tag.value) if orientation_tag is not None else 1
-    return DecodedImage(_apply_orientation(pixels, orientation), "TIFF", False)
+    return DecodedImage(_apply_orientation(pixels, orientation), "TIFF", False, gray)
 
 
 _PILLOW_LIMIT_LOCK = threading.Lock()
@@ -340,15 +351,16 @@ def decode_image_info(
             exif = img.getexif()
             orientation = int(exif.get(0x0112, 1)) if exif else 1
             plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
+            gray = img.mode in GRAY_MODES
             if img.format in ("JPEG", "MPO"):
                 checked = _decode_jpeg_checked(data, source, img.mode)
                 if img.format == "JPEG" and checked is not None and checked.shape[:2] == (height, width):
-                    return DecodedImage(_apply_orientation(checked, orientation), img.format, plain)
+                    return DecodedImage(_apply_orientation(checked, orientation), img.format, plain, gray)
             fmt = img.format
             img.seek(0)  # first frame of animations
             img = ImageOps.exif_transpose(img) if exif else img
             img.load()
-            return DecodedImage(np.ascontiguousarray(_to_rgb_array(img)), fmt, plain)
+            return DecodedImage(np.ascontiguousarray(_to_rgb_array(img)), fmt, plain, gray)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -400,6 +412,24 @@ def encode_png(image: np.ndarray, *, grayscale: bool = False, compression: int |
     ok, buf = cv2.imencode(".png", image, params)
     if not ok:
         raise ValueError(f"PNG encoding failed for an array of shape {image.shape}")
+    return buf.tobytes()
+
+
+def encode_image(image: np.ndarray, fmt: str, *, quality: int = 95, grayscale: bool = False) -> bytes:
+    """An HxWx3 RGB uint8 image as ``fmt``: ``jpeg`` (lossy, at ``quality``), ``png`` or ``webp``
+    (both lossless). ``grayscale`` stores channel 0 alone in JPEG and PNG; WebP has no gray mode,
+    so a gray image is stored there with three equal channels."""
+    if fmt == "png":
+        return encode_png(image, grayscale=grayscale)
+    pixels = single_channel(image) if grayscale and fmt == "jpeg" else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if fmt == "jpeg":
+        ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    elif fmt == "webp":
+        ok, buf = cv2.imencode(".webp", pixels, [cv2.IMWRITE_WEBP_QUALITY, 101])  # above 100: lossless
+    else:
+        raise ValueError(f"cannot encode images as {fmt!r}; choose one of {', '.join(IMAGE_ENCODINGS)}")
+    if not ok:
+        raise ValueError(f"{fmt} encoding failed for an array of shape {image.shape}")
     return buf.tobytes()
 
 

@@ -84,6 +84,7 @@ class _SketchLineart(NeuralAnnotator):
     #: the generator halves twice, then doubles twice
     MULTIPLE: ClassVar[int] = 4
     MIN_SIDE: ClassVar[int] = 8
+    map_kind = "soft_edges"
 
     def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.lineart import LineartGenerator
@@ -118,6 +119,7 @@ class LineartAnime(NeuralAnnotator):
     Config = LineartConfig
     grayscale = True
     weights = Weights(license="unspecified (published with ControlNet v1.1)", files=(WeightFile("netG.pth", remap_anime_checkpoint),))
+    map_kind = "soft_edges"
 
     def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.unet_generator import UnetGenerator

@@ -34,6 +34,7 @@ class LineartStandard(PerImageAnnotator):
     description = "Weight-free line art from local darkness, white on black"
     Config = LineartStandardConfig
     grayscale = True
+    map_kind = "soft_edges"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config

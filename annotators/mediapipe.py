@@ -16,14 +16,21 @@ visibility threshold, are reported missing (0, 0, 0).
 
 The MediaPipe graph is built on first use (never in the constructor) and reused across calls; each
 process builds its own (the graph is dropped when the annotator is pickled, and rebuilt after a fork).
+MediaPipe's C++ side (absl, TFLite) writes INFO and WARNING lines straight to the process's stderr
+each time a graph is built or run; they are dropped here, and anything else it writes (errors) is
+passed on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
+import sys
+import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +72,31 @@ _RIGHT_EYE, _RIGHT_EYEBROW, _RIGHT_IRIS = (180, 200, 10), (180, 220, 10), (250, 
 _PUPILS = ((468, _RIGHT_IRIS), (473, _LEFT_IRIS))  # refined landmarks at the iris centres
 _FACE_LINE_THICKNESS = 2
 _PUPIL_HALF_WIDTH = 2
+
+
+#: MediaPipe's own log lines: absl's INFO/WARNING lines (``W0000 00:00:...  123 file.cc:45] ...``),
+#: TFLite's ``INFO:`` lines and absl's notice that logging is not initialised.
+_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |INFO: |WARNING: All log messages before absl::InitializeLog\(\) is called)")
+
+
+@contextlib.contextmanager
+def quiet_native_logs() -> Iterator[None]:
+    """Route the process's stderr (file descriptor 2) to a temporary file while MediaPipe runs, then
+    pass on every line but MediaPipe's INFO and WARNING ones."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = b"".join(line for line in capture.read().splitlines(keepends=True) if not _NATIVE_NOISE.match(line))
+            if kept:
+                os.write(2, kept)
 
 
 def _import_solutions() -> Any:
@@ -167,6 +199,7 @@ class _MediaPipeAnnotator(Annotator):
 
     weights = Weights(license="Apache-2.0 (Google MediaPipe, models bundled in the mediapipe wheel)", format="bundled", package="mediapipe")
     data_kind = POSE
+    map_kind = "pose"
 
     def __init__(self, config: AnnotatorConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
@@ -189,8 +222,12 @@ class _MediaPipeAnnotator(Annotator):
 
     def _graph_for_this_process(self) -> Any:
         if self._graph is None or self._graph_pid != os.getpid():
-            self._graph = self._build_graph()
-            self._graph_pid = os.getpid()
+            with quiet_native_logs():
+                graph = self._build_graph()
+                # Its calculators open, and log, on the graph's own threads: one run on a blank image
+                # waits for them (static-image mode: no state carries over to the next image).
+                graph.process(np.zeros((64, 64, 3), np.uint8))
+            self._graph, self._graph_pid = graph, os.getpid()
         return self._graph
 
     def load(self) -> Self:
@@ -203,13 +240,16 @@ class _MediaPipeAnnotator(Annotator):
         """Release the MediaPipe graph now (it is rebuilt on the next call)."""
         with self._lock:
             if self._graph is not None and self._graph_pid == os.getpid():
-                self._graph.close()
+                with quiet_native_logs():
+                    self._graph.close()
             self._graph = self._graph_pid = None
 
     def _annotate(self, images: list[np.ndarray]) -> list[Annotation]:
         with self._lock:  # a graph runs one image at a time
             graph = self._graph_for_this_process()
-            return [self._annotate_one(graph.process(np.ascontiguousarray(image)), image.shape[0], image.shape[1]) for image in images]
+            with quiet_native_logs():
+                results = [graph.process(np.ascontiguousarray(image)) for image in images]
+            return [self._annotate_one(result, image.shape[0], image.shape[1]) for result, image in zip(results, images)]
 
     def _annotate_one(self, results: Any, height: int, width: int) -> Annotation:
         raise NotImplementedError
@@ -382,6 +422,7 @@ class PersonMask(_MediaPipeAnnotator):
     config: PersonMaskConfig
     grayscale = True
     data_kind = None
+    map_kind = "mask"
 
     def _build_graph(self) -> Any:
         return _import_solutions().selfie_segmentation.SelfieSegmentation(model_selection=self.config.model_selection)

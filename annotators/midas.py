@@ -96,6 +96,7 @@ class MidasDepth(_MidasBase):
     description = "MiDaS DPT-Hybrid relative depth, near is bright (v1.0 depth ControlNet)"
     Config = MidasDepthConfig
     grayscale = True
+    map_kind = "depth"
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         return [depth_image(depth_to_map(depth)) for depth in self.predict_depth(model, batch)]
@@ -112,6 +113,7 @@ class MidasNormal(_MidasBase):
     description = "Normal map from MiDaS DPT-Hybrid depth gradients (v1.0 normal ControlNet)"
     Config = MidasNormalConfig
     config: MidasNormalConfig
+    map_kind = "normals"
 
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[np.ndarray]:
         maps = []

@@ -122,6 +122,7 @@ class MLSD(NeuralAnnotator):
     Config = MLSDConfig
     grayscale = True
     weights = Weights(license="Apache-2.0 (NAVER M-LSD)", files=(WeightFile("mlsd_large_512_fp32.pth", remap_mlsd_checkpoint),))
+    map_kind = "edges"
 
     config: MLSDConfig
 

@@ -115,7 +115,7 @@ class NeuralAnnotator(Annotator):
     def load(self) -> Self:
         """Find, read and strictly load the weights now (otherwise done on first call)."""
         if self._model is None:
-            model = self._build(self.weights.locate(self.config.weights))
+            model = self._build(self.locate_weights())
             self._model = model.eval().requires_grad_(False).to(self.torch_device, self.torch_dtype)
         return self
 

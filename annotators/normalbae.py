@@ -48,6 +48,7 @@ class NormalBae(NeuralAnnotator):
         license="MIT (baegwangbin/surface_normal_uncertainty)",
         files=(WeightFile(CHECKPOINT, "annotators.nets.normalbae:remap_normalbae_checkpoint"),),
     )
+    map_kind = "normals"
 
     def _build(self, paths: list[Path]) -> torch.nn.Module:
         from annotators.nets.normalbae import NNET

@@ -308,6 +308,7 @@ class OpenPose(NeuralAnnotator):
     Config: ClassVar[type[OpenPoseConfig]] = OpenPoseConfig
     weights = Weights(license=_LICENSE, files=(_BODY,))
     data_kind = POSE
+    map_kind = "pose"
 
     config: OpenPoseConfig
 

@@ -3,7 +3,9 @@
 Origin: the OpenPose skeleton convention (Z. Cao et al., "Realtime Multi-Person 2D Pose Estimation
 using Part Affinity Fields", CVPR 2017) as drawn by ControlNet v1.1 (``annotator/openpose/util.py``):
 limbs as filled ellipses, the canvas dimmed to 60 %, then joint dots; hands as HSV-coloured edges
-with red dots; faces as white dots. No weights.
+with red dots; faces as white dots. No weights. sd-webui-controlnet draws the same shapes person by
+person, with each limb in 60 % of its colour instead of dimming the canvas
+(:func:`draw_people_in_turn`).
 
 Every pose annotator returns a :class:`PoseResult` serialised to the OpenPose JSON form
 (``people[].pose_keypoints_2d`` ..., ``canvas_width``, ``canvas_height``) in ``Annotation.data``.
@@ -32,6 +34,7 @@ __all__ = [
     "draw_body",
     "draw_faces",
     "draw_hands",
+    "draw_people_in_turn",
 ]
 
 #: OpenPose's COCO-18 body order (also the JSON ``pose_keypoints_2d`` order).
@@ -165,10 +168,24 @@ class PoseResult:
         return canvas
 
 
-def draw_body(canvas: np.ndarray, bodies: Sequence[np.ndarray | None]) -> np.ndarray:
+Scale = tuple[float, float]
+
+
+def _scale(canvas: np.ndarray, scale: Scale | None) -> Scale:
+    """Multipliers from keypoint coordinates to pixels: the canvas size for normalised keypoints,
+    ``(1, 1)`` for keypoints already in pixels (as sd-webui draws DWPose's)."""
+    return scale if scale is not None else (canvas.shape[1], canvas.shape[0])
+
+
+def draw_body(
+    canvas: np.ndarray, bodies: Sequence[np.ndarray | None], *, scale: Scale | None = None, dim_limbs: bool = False
+) -> np.ndarray:
     """v1.1 ``draw_bodypose``: each limb (over all people) as a filled ellipse, the canvas times 0.6
-    truncated to uint8, then a dot on each joint. Returns a new canvas."""
-    height, width = canvas.shape[:2]
+    truncated to uint8, then a dot on each joint. Returns a new canvas.
+
+    ``dim_limbs``: sd-webui's variant, which fills each limb in its colour times 0.6 (truncated) and
+    leaves the rest of the canvas as it is (drawing in place). ``scale``: see :func:`_scale`."""
+    width, height = _scale(canvas, scale)
     present = [b for b in bodies if b is not None]
     for limb_index in range(_DRAWN_LIMBS):
         a, b = BODY_LIMBS[limb_index]
@@ -181,8 +198,10 @@ def draw_body(canvas: np.ndarray, bodies: Sequence[np.ndarray | None]) -> np.nda
             length = ((ys[0] - ys[1]) ** 2 + (xs[0] - xs[1]) ** 2) ** 0.5
             angle = math.degrees(math.atan2(ys[0] - ys[1], xs[0] - xs[1]))
             polygon = cv2.ellipse2Poly((int(mean_x), int(mean_y)), (int(length / 2), _STICK_WIDTH), int(angle), 0, 360, 1)
-            cv2.fillConvexPoly(canvas, polygon, BODY_COLORS[limb_index])
-    canvas = (canvas * 0.6).astype(np.uint8)
+            color = BODY_COLORS[limb_index]
+            cv2.fillConvexPoly(canvas, polygon, [int(float(c) * 0.6) for c in color] if dim_limbs else color)
+    if not dim_limbs:
+        canvas = (canvas * 0.6).astype(np.uint8)
     for joint in range(BODY_POINTS):
         for body in present:
             if body[joint, 2] <= 0:
@@ -200,9 +219,9 @@ def _hand_pixels(hand: np.ndarray, width: int, height: int) -> list[tuple[int, i
     return pixels
 
 
-def draw_hands(canvas: np.ndarray, hands: Sequence[np.ndarray]) -> np.ndarray:
+def draw_hands(canvas: np.ndarray, hands: Sequence[np.ndarray], *, scale: Scale | None = None) -> np.ndarray:
     """v1.1 ``draw_handpose`` (in place): per hand, its bones in HSV colours (2 px), then red dots."""
-    height, width = canvas.shape[:2]
+    width, height = _scale(canvas, scale)
     for hand in hands:
         pixels = _hand_pixels(hand, width, height)
         for edge_index, (a, b) in enumerate(HAND_EDGES):
@@ -215,12 +234,33 @@ def draw_hands(canvas: np.ndarray, hands: Sequence[np.ndarray]) -> np.ndarray:
     return canvas
 
 
-def draw_faces(canvas: np.ndarray, faces: Sequence[np.ndarray]) -> np.ndarray:
+def draw_faces(canvas: np.ndarray, faces: Sequence[np.ndarray], *, scale: Scale | None = None) -> np.ndarray:
     """v1.1 ``draw_facepose`` (in place): a white dot (radius 3) per face landmark."""
-    height, width = canvas.shape[:2]
+    width, height = _scale(canvas, scale)
     for face in faces:
         for x, y, confidence in face:
             px, py = int(x * width), int(y * height)
             if confidence > 0 and px > _EPS and py > _EPS:
                 cv2.circle(canvas, (px, py), 3, (255, 255, 255), thickness=-1)
+    return canvas
+
+
+def draw_people_in_turn(
+    canvas: np.ndarray,
+    people: Sequence[Person],
+    *,
+    body: bool = True,
+    hands: bool = True,
+    face: bool = True,
+    scale: Scale | None = None,
+) -> np.ndarray:
+    """sd-webui-controlnet's ``draw_poses``: person after person, its body (limbs in 60 % of their
+    colour, the canvas not dimmed), left hand, right hand and face, in place."""
+    for person in people:
+        if body:
+            canvas = draw_body(canvas, [person.body], scale=scale, dim_limbs=True)
+        if hands:
+            canvas = draw_hands(canvas, [h for h in (person.left_hand, person.right_hand) if h is not None], scale=scale)
+        if face and person.face is not None:
+            canvas = draw_faces(canvas, [person.face], scale=scale)
     return canvas

@@ -44,6 +44,7 @@ class Threshold(PerImageAnnotator):
     description = "White where every channel is above a level, black elsewhere"
     Config = ThresholdConfig
     grayscale = True
+    map_kind = "mask"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return np.where(image.min(axis=2) > self.config.threshold, np.uint8(255), np.uint8(0))
@@ -54,6 +55,7 @@ class Binary(PerImageAnnotator):
     description = "Inverse binary threshold of the luma (Otsu by default): dark lines become white"
     Config = BinaryConfig
     grayscale = True
+    map_kind = "mask"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return binary(image, self.config.threshold)
@@ -63,6 +65,7 @@ class Invert(PerImageAnnotator):
     name = "invert"
     description = "Invert colours: black lines on white become white on black"
     Config = InvertConfig
+    map_kind = "image"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return 255 - image

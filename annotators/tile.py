@@ -34,6 +34,7 @@ class TileResample(PerImageAnnotator):
     name = "tile_resample"
     description = "Downsampled image for the tile ControlNet, back at the input size"
     Config = TileConfig
+    map_kind = "image"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         return tile_resample(image, self.config.down_sampling_rate)

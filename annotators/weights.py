@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +56,10 @@ WEIGHTS_ENV = "CN_ANNOTATE_WEIGHTS"
 class WeightsNotFoundError(FileNotFoundError):
     """A checkpoint was not found anywhere it may be; the message says where it looked and what to do."""
 
-    def __init__(self, filename: str, tried: list[str], repo_id: str, *, hint: str | None = None) -> None:
+    def __init__(self, filename: str, tried: list[str], repo_id: str, *, hint: str | None = None, hub_path: str | None = None) -> None:
         self.filename = filename
         self.tried = tried
-        fetch = hint or f"fetch it once with `hf download {repo_id} {filename}`"
+        fetch = hint or f"fetch it once with `hf download {repo_id} {hub_path or filename}`"
         super().__init__(
             f"weights {filename} not found (looked in: {'; '.join(tried)}). "
             f"Pass --weights FILE_OR_DIR, set {WEIGHTS_ENV} to a folder holding it, or {fetch}."
@@ -70,7 +71,8 @@ class WeightsNotFoundError(FileNotFoundError):
 
 def _candidates(filename: str) -> tuple[str, ...]:
     stem, suffix = os.path.splitext(filename)
-    return (filename,) if suffix == ".safetensors" else (filename, stem + ".safetensors")
+    # A safetensors twin stands in for a pickled checkpoint, never for an ONNX graph.
+    return (filename,) if suffix in (".safetensors", ".onnx") else (filename, stem + ".safetensors")
 
 
 def _search_folder(folder: Path, filename: str) -> Path | None:
@@ -94,12 +96,15 @@ def find_checkpoint(
     weights: str | os.PathLike[str] | None = None,
     *,
     repo_id: str = HUB_REPO,
+    subfolder: str | None = None,
     local_files_only: bool | None = None,
 ) -> Path:
     """Locate ``filename``; see the module docstring for the order. Raises :class:`WeightsNotFoundError`.
 
-    ``weights`` may be the checkpoint file itself (any name) or a folder. ``local_files_only``
-    defaults to whether ``HF_HUB_OFFLINE`` is set; the Hub is only contacted when it is False.
+    ``weights`` may be the checkpoint file itself (any name) or a folder. ``subfolder`` is where the
+    file lies inside the Hub repo (local folders are searched recursively by name anyway).
+    ``local_files_only`` defaults to whether ``HF_HUB_OFFLINE`` is set; the Hub is only contacted
+    when it is False.
     """
     tried: list[str] = []
     if weights is not None:
@@ -122,11 +127,11 @@ def find_checkpoint(
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
+        return Path(hf_hub_download(repo_id, filename, subfolder=subfolder, local_files_only=offline))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         where = "Hugging Face cache" if offline else "Hugging Face Hub"
         tried.append(f"{where} {repo_id} ({type(err).__name__})")
-    raise WeightsNotFoundError(filename, tried, repo_id)
+    raise WeightsNotFoundError(filename, tried, repo_id, hub_path=f"{subfolder}/{filename}" if subfolder else None)
 
 
 def is_checkpoint_present(filename: str, weights: str | os.PathLike[str] | None = None) -> bool:
@@ -159,7 +164,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it does not write: not the user's concern
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
         found = re.search(r"WeightsUnpickler error:(.*?)(?:Please use|Check the documentation|$)", text, re.DOTALL)
@@ -220,10 +227,11 @@ Remap = Callable[[Mapping[str, Any]], dict[str, Any]]
 class WeightFile:
     """One published file and the pure function that renames its keys to the module's: a callable,
     or ``"module:function"`` imported when the weights load (so that declaring it imports no torch).
-    None keeps the keys as published."""
+    None keeps the keys as published. ``subfolder``: the file's folder inside the Hub repo, if any."""
 
     name: str
     remap: Remap | str | None = None
+    subfolder: str | None = None
 
     def remap_function(self) -> Remap:
         if self.remap is None:
@@ -275,7 +283,10 @@ class Weights:
             if spec is None or not spec.submodule_search_locations:
                 raise WeightsNotFoundError(self.package, ["installed packages"], "", hint=f"install the package that carries them: pip install {self.package}")
             return [Path(next(iter(spec.submodule_search_locations)))]
-        return [find_checkpoint(f.name, weights, repo_id=self.repo_id, local_files_only=local_files_only) for f in self.files]
+        return [
+            find_checkpoint(f.name, weights, repo_id=self.repo_id, subfolder=f.subfolder, local_files_only=local_files_only)
+            for f in self.files
+        ]
 
     def present(self, weights: str | os.PathLike[str] | None = None) -> bool:
         """Whether every file can be found without touching the network."""

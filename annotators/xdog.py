@@ -38,6 +38,7 @@ class ScribbleXDoG(PerImageAnnotator):
     description = "XDoG scribble (difference of Gaussians), white strokes on black"
     Config = XDoGConfig
     grayscale = True
+    map_kind = "soft_edges"
 
     def _map(self, image: np.ndarray) -> np.ndarray:
         c = self.config

@@ -12,10 +12,10 @@ temporary folder. Compared in one run, on the same photos:
   Parquet shards and the card), after Python has started and imported its modules;
 * a bare loop: ``cv2.imread``, ``resize_image``, ``cv2.Canny``, ``cv2.imencode`` to PNG; the
   ratios are against it;
-* the same loop also JPEG-encoding each resized photo (quality 95), which the builder must do to
-  store it: what one worker could reach if the rest of the builder (reading, captions, Parquet,
-  card) cost nothing; and N copies of it in parallel processes, each on its share of the photos, the
-  same bound for N workers;
+* the same loop also JPEG-encoding each resized photo (quality 95) and decoding that JPEG again,
+  which the builder must do to store it and to annotate exactly what it stores: what one worker
+  could reach if the rest of the builder (reading, captions, Parquet, card) cost nothing; and N
+  copies of it in parallel processes, each on its share of the photos, the same bound for N workers;
 * a one-image-at-a-time loop in the style of controlnet_aux: PIL, numpy, HWC3, resize, Canny,
   HWC3, PIL, PNG;
 * ``cn-annotate mediapipe_pose`` with N workers against MediaPipe pose run one image at a time in
@@ -24,6 +24,16 @@ temporary folder. Compared in one run, on the same photos:
 With ``--ready`` the photos are made at sizes that ``resize_image`` keeps (short side 512, sides
 multiples of 64), so the builder stores them unchanged; this isolates the cost of re-encoding
 resized photos, which the bare loops do not do.
+
+With ``--baseline REV`` the builder of that git revision (e.g. the commit before a change) runs too,
+from a copy extracted with ``git archive``, on the same photos and interleaved with the current one,
+one worker each: ``cn-annotate canny`` now (whose re-encoded JPEGs are decoded again before they are
+annotated, so that each pair agrees with itself) and with ``--image-format png`` (lossless: no
+second decode, larger files), against the previous ``cn-annotate canny``; and ``cn-annotate hough``
+now and then on scikit-image's 20 photographs (``bench/hough.py``'s set). For each canny output it
+counts the rows whose stored map equals canny of the stored image as a reader decodes it, and the
+mean F1 of those edge maps (exact pixels). These runs are compared by the CPU time of their one
+process, which a busy shared machine disturbs far less than their wall time.
 
 The machine may be shared, so the bare loop and both builder runs are repeated, interleaved,
 ``--repeat`` times (default 3) and each keeps its best time; the controlnet_aux-style loop, which is
@@ -63,6 +73,7 @@ _RUNNER = """
 import json, resource, sys, time
 import cli.annotate, controlnet.dataset.build, controlnet.dataset.card, controlnet.dataset.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
 sys.argv = ["cn-annotate", *json.loads(sys.argv[1])]
+usage = resource.getrusage(resource.RUSAGE_SELF)
 start = time.perf_counter()
 try:
     cli.annotate.main()
@@ -70,7 +81,9 @@ try:
 except SystemExit as exit:
     code = exit.code or 0
 seconds = time.perf_counter() - start
-print("BENCH " + json.dumps({"code": code, "seconds": seconds,
+after = resource.getrusage(resource.RUSAGE_SELF)
+cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+print("BENCH " + json.dumps({"code": code, "seconds": seconds, "cpu_seconds": cpu,
       "main_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
       "worker_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
@@ -105,18 +118,20 @@ def make_photos(folder: Path, count: int, seed: int = 0, ready: bool = False) ->
 
 
 def bare_loop(paths: list[Path], store_resized: bool = False) -> float:
-    """``store_resized``: also JPEG-encode each resized photo (quality 95), as the builder must to
-    store it: the bound on what the builder can reach with one worker."""
+    """``store_resized``: also JPEG-encode each resized photo (quality 95) and annotate that JPEG
+    decoded, as the builder must to store it with a map that agrees with it: the bound on what the
+    builder can reach with one worker."""
     start = time.perf_counter()
     for path in paths:
         image = cv2.imread(str(path))
         resized = resize_image(image, RESOLUTION)
+        if store_resized and resized.shape != image.shape:
+            ok, stored = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            assert ok
+            resized = cv2.imdecode(stored, cv2.IMREAD_COLOR)
         edges = cv2.Canny(resized, 100, 200)
         ok, _ = cv2.imencode(".png", edges)
         assert ok
-        if store_resized and resized.shape != image.shape:
-            ok, _ = cv2.imencode(".jpg", resized, [cv2.IMWRITE_JPEG_QUALITY, 95])
-            assert ok
     return time.perf_counter() - start
 
 
@@ -165,11 +180,13 @@ def pose_loop(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny") -> dict[str, float]:
+def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "canny", src: Path = REPO, extra: tuple[str, ...] = ()) -> dict[str, float]:
+    """One ``cn-annotate`` run in a fresh process, with the code in ``src`` (this checkout, or a
+    baseline revision's copy)."""
     shutil.rmtree(output, ignore_errors=True)
-    args = [annotator, str(folder), "-o", str(output), "--workers", str(workers)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
+    args = [annotator, str(folder), "-o", str(output), "--workers", str(workers), *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(src), os.environ.get("PYTHONPATH")))), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(args)], cwd=src, env=env, capture_output=True, text=True)
     line = next((line for line in done.stdout.splitlines() if line.startswith("BENCH ")), None)
     if done.returncode != 0 or line is None:
         raise SystemExit(f"cn-annotate failed:\n{done.stdout}\n{done.stderr}")
@@ -177,6 +194,57 @@ def cn_annotate(folder: Path, output: Path, workers: int, annotator: str = "cann
     if result["code"] != 0:
         raise SystemExit(f"cn-annotate exited with {result['code']}:\n{done.stdout}\n{done.stderr}")
     return result
+
+
+def checkout(revision: str, destination: Path) -> Path:
+    """The files of ``revision`` of this repository, extracted to ``destination``."""
+    if not destination.is_dir():
+        destination.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", revision], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(destination)], input=archive, check=True)
+    return destination
+
+
+def skimage_photographs(folder: Path) -> Path:
+    """scikit-image's 20 bundled photographs (bench/hough.py's set), copied as they are."""
+    import skimage.data
+
+    from bench.hough import PHOTOGRAPHS
+
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for name in PHOTOGRAPHS:
+            shutil.copy(Path(skimage.data.__file__).parent / name, folder / name)
+    return folder
+
+
+def pairs_agree(output: Path) -> tuple[int, int, float]:
+    """Rows whose stored canny map equals canny of the stored image decoded by Pillow, the rows, and
+    the mean F1 of the two edge maps."""
+    import pyarrow.parquet as pq
+
+    from controlnet.dataset.layout import shard_paths
+
+    agree = total = 0
+    scores = []
+    for shard in shard_paths(output):
+        for row in pq.read_table(shard, columns=["image", "conditioning_image"]).to_pylist():
+            image = hwc3(np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")))
+            again = cv2.Canny(image, 100, 200) > 0
+            stored = np.asarray(Image.open(io.BytesIO(row["conditioning_image"]["bytes"]))) > 0
+            agree += int(np.array_equal(again, stored))
+            total += 1
+            both = int((again & stored).sum())
+            scores.append(2 * both / max(1, int(again.sum() + stored.sum())))
+    return agree, total, float(np.mean(scores)) if scores else 1.0
+
+
+def run_seconds(run: dict[str, float]) -> float:
+    return run["seconds"]
+
+
+def data_mib(output: Path) -> float:
+    return sum(p.stat().st_size for p in (output / "data").glob("*.parquet")) / 2**20
 
 
 def main() -> None:
@@ -188,6 +256,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each timed variant; the best counts")
     parser.add_argument("--workdir", type=Path, default=None, help="where photos and outputs go (default: a temporary folder)")
     parser.add_argument("--pose-images", type=int, default=100, help="photos in the mediapipe_pose comparison (0: skip it)")
+    parser.add_argument("--baseline", metavar="REV", default=None, help="also run this git revision's builder, side by side (see above)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
@@ -202,14 +271,27 @@ def main() -> None:
         bare = stored = parallel = float("inf")
         one: dict[str, float] = {"seconds": float("inf")}
         many: dict[str, float] = {"seconds": float("inf")}
+        versus: dict[str, dict[str, float]] = {}  # the --baseline comparison, best of the repeats
+        old = checkout(args.baseline, workdir / f"baseline-{args.baseline}") if args.baseline else None
+        photographs = skimage_photographs(workdir / "skimage-photographs") if old else None
         for _ in range(args.repeat):  # interleaved, so that a busy spell on a shared machine hits all alike
             bare = min(bare, bare_loop(paths))
             stored = min(stored, bare_loop(paths, store_resized=True))
             parallel = min(parallel, parallel_stored_loops(paths, args.workers))
-            one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=lambda run: run["seconds"])
-            many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=lambda run: run["seconds"])
+            one = min(one, cn_annotate(photos, workdir / "out-1", 1), key=run_seconds)
+            many = min(many, cn_annotate(photos, workdir / f"out-{args.workers}", args.workers), key=run_seconds)
+            if old is not None and photographs is not None:
+                runs = {
+                    "canny, previous": cn_annotate(photos, workdir / "old-canny", 1, src=old),
+                    "canny, now": cn_annotate(photos, workdir / "new-canny", 1),
+                    "canny, now, --image-format png": cn_annotate(photos, workdir / "new-canny-png", 1, extra=("--image-format", "png")),
+                    "hough, previous": cn_annotate(photographs, workdir / "old-hough", 1, "hough", src=old),
+                    "hough, now": cn_annotate(photographs, workdir / "new-hough", 1, "hough"),
+                }
+                for name, run in runs.items():
+                    versus[name] = min(versus.get(name, {"cpu_seconds": float("inf")}), run, key=lambda r: r["cpu_seconds"])
         rows.append(("bare loop (cv2)", len(paths), bare, None))
-        rows.append(("bare loop + JPEG of resized photo", len(paths), stored, None))
+        rows.append(("bare loop + JPEG of resized, decoded", len(paths), stored, None))
         rows.append((f"{args.workers} of those in parallel", len(paths), parallel, None))
         rows.append(("controlnet_aux style loop", len(paths), aux_style_loop(paths), None))
         rows.append(("cn-annotate canny, 1 worker", len(paths), one["seconds"], one))
@@ -249,6 +331,23 @@ def main() -> None:
                 main_rss = f"{stats['main_rss_kb'] / 1024:.0f} MiB" if stats else "-"
                 worker_rss = f"{stats['worker_rss_kb'] / 1024:.0f} MiB" if stats and stats["worker_rss_kb"] else "-"
                 print(f"{name:<34} {count:>6} {seconds:>8.2f} {rate:>9.1f} {rate / loop_rate:>7.2f}x {main_rss:>9} {worker_rss:>10}")
+
+        if versus:
+            print()
+            print(f"against {args.baseline}, 1 worker each (the process's own CPU time, steadier than wall time on a shared machine), best of {args.repeat}; ratio < 1 is faster")
+            print(f"{'builder':<34} {'images':>6} {'wall s':>8} {'CPU s':>8} {'vs prev':>8} {'data MiB':>9} {'pairs agree':>12} {'edge F1':>8}")
+            outputs = {"canny, previous": "old-canny", "canny, now": "new-canny", "canny, now, --image-format png": "new-canny-png", "hough, previous": "old-hough", "hough, now": "new-hough"}
+            for name, run in versus.items():
+                previous = versus[name.split(",")[0] + ", previous"]
+                count = len(paths) if name.startswith("canny") else len(list(photographs.iterdir()))  # type: ignore[union-attr]
+                agree, f1 = "-", "-"
+                if name.startswith("canny"):
+                    agreeing, _, mean_f1 = pairs_agree(workdir / outputs[name])
+                    agree, f1 = f"{agreeing}/{count}", f"{mean_f1:.3f}"
+                print(
+                    f"{name:<34} {count:>6} {run['seconds']:>8.2f} {run['cpu_seconds']:>8.2f} {run['cpu_seconds'] / previous['cpu_seconds']:>7.2f}x"
+                    f" {data_mib(workdir / outputs[name]):>9.1f} {agree:>12} {f1:>8}"
+                )
 
         print()
         ratio_one = (len(paths) / one["seconds"]) / bare_rate

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +29,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typer.core import TyperGroup
 
 import annotators
 from annotators.base import AnnotatorConfig
 from annotators.image import ImageError, encode_png, load_image, resize_image
 from annotators.weights import WeightsNotFoundError
 from cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail
-from cli.options import config_parameters, given_values
+from cli.options import Command, Group, config_parameters, given_values
 from controlnet.dataset.sources import IMAGE_SUFFIXES
 
 EXIT_INTERRUPTED = 130
@@ -163,7 +164,7 @@ def _build_parameters(classes: list[type[annotators.Annotator]]) -> list[inspect
     for filters in _filter_classes(classes):
         parameters += config_parameters(filters, panel=BUILD_PANEL)
     parameters += [
-        inspect.Parameter("strict", keyword, default=False, annotation=Annotated[bool, typer.Option("--strict", help="exit 1 if any input was skipped", rich_help_panel=BUILD_PANEL)]),
+        inspect.Parameter("strict", keyword, default=False, annotation=Annotated[bool, typer.Option("--strict", help="exit 1 if any input was skipped", show_default=False, rich_help_panel=BUILD_PANEL)]),
         inspect.Parameter("preview", keyword, default=None, annotation=Annotated[Optional[Path], typer.Option("--preview", metavar="FILE.png", help="also write a contact sheet of image and condition pairs", rich_help_panel=BUILD_PANEL)]),  # noqa: UP007
     ]
     return parameters
@@ -298,7 +299,7 @@ def annotator_command(spec: str) -> Any:
     parameters = [
         inspect.Parameter("input_spec", keyword, annotation=Annotated[str, typer.Argument(metavar="INPUT", help="image folder (searched recursively), image, text file listing paths, dataset folder or Hub dataset id")]),
         inspect.Parameter("output", keyword, annotation=Annotated[Path, typer.Option("-o", "--output", help="dataset folder, or an image file (.png) for a single image")]),
-        inspect.Parameter("settings", keyword, default=[], annotation=Annotated[list[str], typer.Option("--set", metavar="[ANNOTATOR.]PARAM=VALUE", help="set a parameter (repeatable)")]),
+        inspect.Parameter("settings", keyword, default=[], annotation=Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help="set a parameter (repeatable); KEY is ID.NAME with several annotators", show_default=False)]),
     ]
     build_parameters = _build_parameters(classes)
     taken = {p.name for p in parameters + build_parameters}
@@ -315,13 +316,13 @@ def annotator_command(spec: str) -> Any:
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in parameters}
     single_app = typer.Typer(add_completion=False, rich_markup_mode="rich")
-    single_app.command(name=spec, help=description)(command)
+    single_app.command(name=spec, help=description, cls=Command)(command)
     built = typer.main.get_command(single_app)
     built.name = spec
     return built
 
 
-class AnnotateGroup(TyperGroup):
+class AnnotateGroup(Group):
     """Fixed commands (``list``) plus one lazily built subcommand per annotator id."""
 
     def list_commands(self, ctx: Any) -> list[str]:
@@ -346,25 +347,46 @@ def _group() -> None:
     """Turn images into ControlNet condition maps. Run `cn-annotate list` for the annotators."""
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 def list_annotators(
     weights: Annotated[Optional[Path], typer.Option(help="also look for checkpoints in this file or folder")] = None,  # noqa: UP007
+    as_json: Annotated[bool, typer.Option("--json", help="print the list as JSON, for scripts", show_default=False)] = False,
 ) -> None:
-    """List the annotators: whether each needs weights, whether they are present, and their licence."""
-    table = Table(title="cn-annotate annotators")
-    for column in ("name", "description", "weights", "weights licence", "source"):
-        table.add_column(column)
+    """List the annotators: whether each needs weights, whether they are present, and their licence.
+
+    On a terminal, a table; piped, one whole line per annotator: id, weights, description,
+    licence, and where a plug-in comes from.
+    """
+    entries = []
     for info in annotators.available():
         if not info.needs_weights:
             state = "bundled" if info.weights_license else "none needed"
         else:
             present = annotators.get_class(info.name).weights_present(str(weights) if weights else None)
-            state = "[green]present[/]" if present else "[yellow]missing[/]"
-        table.add_row(info.name, info.description, state, info.weights_license or "", info.source)
-    Console().print(table)
+            state = "present" if present else "missing"
+        entries.append({**dataclasses.asdict(info), "weights": state})
+    if as_json:
+        sys.stdout.write(json.dumps(entries, indent=2) + "\n")
+        return
+    console = Console()
+    if not console.is_terminal:  # piped: whole ids and descriptions, one line each
+        width = max(len(entry["name"]) for entry in entries)
+        for entry in entries:
+            licence = f"  [{entry['weights_license']}]" if entry["weights_license"] else ""
+            source = f"  (from {entry['source']})" if entry["source"] != "builtin" else ""
+            sys.stdout.write(f"{entry['name']:<{width}}  {entry['weights']:<11}  {entry['description']}{licence}{source}\n")
+        return
+    table = Table(title="cn-annotate annotators")
+    table.add_column("name", no_wrap=True, min_width=max(len(entry["name"]) for entry in entries))
+    for column in ("description", "weights", "weights licence", "source"):
+        table.add_column(column)
+    colours = {"present": "[green]present[/]", "missing": "[yellow]missing[/]"}
+    for entry in entries:
+        table.add_row(entry["name"], entry["description"], colours.get(entry["weights"], entry["weights"]), entry["weights_license"] or "", entry["source"])
+    console.print(table)
 
 
-@app.command("push")
+@app.command("push", cls=Command)
 def push(
     output: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="a dataset folder built by cn-annotate")],
     repo_id: Annotated[str, typer.Argument(metavar="REPO_ID", help="dataset repository, e.g. user/my-dataset")],

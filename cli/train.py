@@ -83,6 +83,7 @@ def train_command(
     validation_inference_steps: Annotated[int, Opt(help="sampling steps for validation")] = 20,
     report_to: Annotated[str, Opt(help="tensorboard, wandb, ... or none")] = "tensorboard",
     log_samples: Annotated[bool, Opt(help="write samples.jsonl: the sample ids and loss of every step")] = False,
+    eval_every: Annotated[int, Opt(help="every N steps, score how well the validation samples follow their rows' conditions (cn-eval's metrics) and log it (0: never)")] = 0,
 ) -> None:
     from controlnet.training.data import DataError
     from controlnet.training.trainer import TrainConfig, TrainError, train
@@ -103,7 +104,7 @@ def train_command(
             checkpoints_total_limit=checkpoints_total_limit or None, resume=resume, validation_steps=validation_steps,
             validation_conditions=list(validation_condition or []), validation_prompts=list(validation_prompt or []),
             num_validation_images=num_validation_images, validation_inference_steps=validation_inference_steps,
-            report_to=None if report_to == "none" else report_to, log_samples=log_samples,
+            report_to=None if report_to == "none" else report_to, log_samples=log_samples, eval_every=eval_every,
         )
         with Progress(
             TextColumn("[bold]cn-train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tests import tiny_segmenters
 
 if TYPE_CHECKING:
     from annotators.weights import Weights
@@ -52,6 +55,11 @@ class Case:
         return load_image(self.path / "input.png")
 
     @cached_property
+    def index(self) -> dict[str, Any]:
+        """The case's entry in ``index.json`` (files, arrays, checkpoint names)."""
+        return json.loads((self.path.parent / "index.json").read_text())["cases"][self.name]
+
+    @cached_property
     def checksums(self) -> list[list[Any]]:
         return json.loads((self.path / "seeded_checksums.json").read_text())["rows"]
 
@@ -63,13 +71,28 @@ def case(name: str) -> Case:
     return Case(name, path)
 
 
+def relative_position_index(window: int) -> np.ndarray:
+    """Swin's window relative-position index (``window``² x ``window``², int64): for window positions
+    i, j in row-major order, ``(dy + w - 1) * (2w - 1) + (dx + w - 1)`` with dy, dx = i - j."""
+    ys, xs = np.divmod(np.arange(window * window), window)
+    dy = ys[:, None] - ys[None, :]
+    dx = xs[:, None] - xs[None, :]
+    return ((dy + window - 1) * (2 * window - 1) + (dx + window - 1)).astype(np.int64)
+
+
 def seeded_arrays(manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The README's seeded weights, in the manifest's (model ``state_dict``) key order."""
+    """The README's seeded weights, in the manifest's (model ``state_dict``) key order. The
+    manifest's ``non_float_buffers`` (Swin relative-position indices) take no draw and keep the
+    values the model computes."""
     rng = np.random.default_rng(manifest["seed"])
+    computed = set(manifest.get("non_float_buffers", {}).get("keys", ()))
     out: dict[str, np.ndarray] = {}
     for key, shape, dtype in manifest["keys"]:
         shape = tuple(shape)
-        if key.endswith("num_batches_tracked"):
+        if key in computed:
+            assert key.endswith("relative_position_index") and len(shape) == 2 and shape[0] == shape[1], key
+            value = relative_position_index(math.isqrt(shape[0]))
+        elif key.endswith("num_batches_tracked"):
             value = np.zeros(shape, np.int64)
         elif key.endswith("running_mean"):
             value = 0.1 * rng.standard_normal(shape)
@@ -98,7 +121,12 @@ def check_seeded(c: Case, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_published_checkpoint(c: Case, path: Path) -> Path:
-    """Write the seeded weights under the published checkpoint's key names and container."""
+    """Write the seeded weights under the published checkpoint's key names and container, or, for
+    a graph the case stores itself (DWPose's stand-in ONNX files), copy that file."""
+    if path.name in c.index.get("weights_stored", ()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(c.path / path.name, path)
+        return path
     import torch
 
     arrays = seeded_arrays(c.manifest)
@@ -165,14 +193,69 @@ def checkpoint_cases() -> dict[str, str]:
 
 
 # Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
-# their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast.
-FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
+# their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast. The
+# segmenters rescale every image to a 512-800 px short side; a small one keeps the networks quick.
+FAST_PARAMS: dict[str, dict[str, object]] = {
+    "openpose_hand": {"hand_scales": 1},
+    "seg_ufade20k": {"resolution": 64},
+    "seg_ofade20k": {"resolution": 64},
+    "seg_ofcoco": {"resolution": 64},
+}
+
+#: Annotators whose full seeded checkpoint is too large for tests that do not check parity (a
+#: 900 MB Swin-L OneFormer takes seconds per load): annotator id -> the transformers model id of a
+#: tiny seeded stand-in (in ``SEEDED_WRITERS``) that the annotator's loader accepts as well. Their
+#: parity tests use the full seeded checkpoints.
+FAST_WEIGHTS: dict[str, str] = {
+    "seg_ofade20k": "shi-labs/oneformer_ade20k_swin_large",
+    "seg_ofcoco": "shi-labs/oneformer_coco_swin_large",
+}
+
+
+def _conv(name: str, out: int, inp: int, k: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return (f"{name}.weight", (out, inp, k, k)), (f"{name}.bias", (out,))
+
+
+def _transposed(name: str, inp: int, out: int, k: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    return (f"{name}.weight", (inp, out, k, k)), (f"{name}.bias", (out,))  # ConvTranspose2d: [in, out, k, k]
+
+
+# TEED's published checkpoint (7_model.pth, a bare state dict of the authors' TED module), written from
+# the architecture in the authors' names and state_dict order, independently of our module.
+TEED_CHECKPOINT_KEYS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    *_conv("block_1.conv1", 16, 3, 3), *_conv("block_1.conv2", 16, 16, 3),
+    *_conv("block_2.conv1", 32, 16, 3), *_conv("block_2.conv2", 32, 32, 3),
+    *_conv("dblock_3.denselayer1.conv1", 48, 32, 3), *_conv("dblock_3.denselayer1.conv2", 48, 48, 3),
+    *_conv("side_1.conv", 32, 16, 1), *_conv("pre_dense_3.conv", 48, 32, 1),
+    *_conv("up_block_1.features.0", 1, 16, 1), *_transposed("up_block_1.features.2", 1, 1, 2),
+    *_conv("up_block_2.features.0", 1, 32, 1), *_transposed("up_block_2.features.2", 1, 1, 2),
+    *_conv("up_block_3.features.0", 16, 48, 1), *_transposed("up_block_3.features.2", 16, 16, 4),
+    *_conv("up_block_3.features.3", 1, 16, 1), *_transposed("up_block_3.features.5", 1, 1, 4),
+    *_conv("block_cat.DWconv1", 24, 1, 3), *_conv("block_cat.DWconv2", 24, 1, 3),
+)  # fmt: skip
+
+
+def write_seeded_state_dict(keys: tuple[tuple[str, tuple[int, ...]], ...], path: Path) -> Path:
+    """The README's seeded rule (seed 0) over ``keys``, saved as a bare torch state dict."""
+    import torch
+
+    arrays = seeded_arrays({"seed": 0, "keys": [[key, list(shape), "float32"] for key, shape in keys]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in arrays.items()}, path)
+    return path
 
 
 #: Seeded stand-ins for weights that no parity case covers: a published file name (or a transformers
 #: model id) -> a function writing random weights of the right layout at the given path (a file, or
 #: a model folder). A new annotator adds its entry here, so the registry-wide tests cover it.
-SEEDED_WRITERS: dict[str, Callable[[Path], None]] = {}
+SEEDED_WRITERS: dict[str, Callable[[Path], object]] = {
+    "7_model.pth": lambda path: write_seeded_state_dict(TEED_CHECKPOINT_KEYS, path),
+    "openmmlab/upernet-convnext-small": tiny_segmenters.write_tiny_upernet,
+    "nvidia/segformer-b0-finetuned-ade-512-512": tiny_segmenters.write_tiny_segformer,
+    "facebook/mask2former-swin-large-ade-semantic": tiny_segmenters.write_tiny_mask2former,
+    "shi-labs/oneformer_ade20k_swin_large": tiny_segmenters.write_tiny_oneformer_ade20k,
+    "shi-labs/oneformer_coco_swin_large": tiny_segmenters.write_tiny_oneformer_coco,
+}
 
 
 class SeededWeights:
@@ -203,11 +286,14 @@ class SeededWeights:
         return self.ensure([f.name for f in weights.files])
 
     def create(self, name: str, **params: Any) -> Any:
-        """The registered annotator ``name`` with ``params``, on these weights where it needs them,
-        at the test-speed parameters of :data:`FAST_PARAMS` unless ``params`` say otherwise."""
+        """The registered annotator ``name`` with ``params``, on these weights where it needs them
+        (the tiny stand-ins of :data:`FAST_WEIGHTS` where listed), at the test-speed parameters of
+        :data:`FAST_PARAMS` unless ``params`` say otherwise."""
         import annotators
 
         cls = annotators.get_class(name)
-        if cls.weights is not None and cls.weights.downloadable:
+        if name in FAST_WEIGHTS:
+            params.setdefault("weights", str(self.ensure([FAST_WEIGHTS[name]]) / FAST_WEIGHTS[name]))
+        elif cls.weights is not None and cls.weights.downloadable:
             params.setdefault("weights", str(self.location(cls.weights)))
         return cls(**{**FAST_PARAMS.get(name, {}), **params})

@@ -120,6 +120,7 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             caption_column=config.caption_column,
             split=config.split,
             exclude=output,
+            revision=config.revision,
             max_file_bytes=config.max_file_bytes,
         )
     identity = config.identity(source, weights_identity(config))
@@ -134,6 +135,7 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
 def _build_locked(config: BuildConfig, source: Source, identity: dict[str, Any], progress: Callable[[BuildProgress], None] | None) -> BuildResult:
     output = config.output
     layout = config.layout()
+    license = config.license or card.previous_license(output)  # a resumed run keeps the licence given before
     prepare_output(output, identity, config.overwrite)
 
     finished = finished_state(output, layout)
@@ -161,6 +163,7 @@ def _build_locked(config: BuildConfig, source: Source, identity: dict[str, Any],
                 preview=finished.preview,
                 versions=versions,
                 data_bytes=sum(shard.stat().st_size for shard in shard_paths(output)),
+                license=license,
             ),
         )
 

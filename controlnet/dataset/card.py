@@ -1,12 +1,14 @@
 """The dataset card (``README.md``) of a built dataset, and a contact sheet for a quick look.
 
-The card's YAML header carries the ``configs`` the Hub's viewer and ``load_dataset`` read; its
-body records how the dataset was made (annotators, parameters, package versions), how many
-images it holds and how many were skipped, and a few preview rows.
+The card's YAML header is written by huggingface_hub's ``DatasetCardData``: licence, pretty name,
+task categories, tags, size, the ``configs`` the Hub's viewer and ``load_dataset`` read, and the
+features. Its body records the source (by name, or Hub id and commit: never a local path), how the
+dataset was made (annotators with their parameters, weights, weights licences and versions; package
+versions), how many images it holds and how many were skipped, and a few preview rows.
 
-Text that comes from the inputs (captions, file names, the prompt, parameter values) is shown
-bounded (:data:`CELL_CHARS`) and escaped: control characters (ESC, NUL) as ``\\xNN``, HTML as
-entities, so that a hostile caption can neither bloat the card nor script the Hub's page.
+Text that comes from the inputs (captions, file names, folder names, the prompt, parameter values)
+is shown bounded (:data:`CELL_CHARS`) and escaped: control characters (ESC, NUL) as ``\\xNN``, HTML
+as entities, so that a hostile caption can neither bloat the card nor script the Hub's page.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import os
 import platform
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from typing import Any
 from annotators.base import AnnotatorConfig
 from controlnet.dataset.layout import BUILD_FILE, CARD_FILE, Layout, shard_paths
 
-__all__ = ["CardInfo", "contact_sheet", "package_versions", "write_card"]
+__all__ = ["CardInfo", "contact_sheet", "package_versions", "previous_license", "render_card", "set_repo_id", "write_card"]
 
 _PACKAGES = ("cn-annotate", "numpy", "opencv-contrib-python", "pillow", "datasets", "pyarrow")
 
@@ -42,6 +45,7 @@ class CardInfo:
     preview: list[dict[str, Any]]
     versions: dict[str, str]
     data_bytes: int  # size of the finished shards
+    license: str | None = None  # of the images, a Hub licence id
 
     @property
     def skipped(self) -> int:
@@ -90,40 +94,113 @@ def _cell(value: Any, limit: int = CELL_CHARS) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
-def render_card(info: CardInfo) -> str:
+def _yaml_features(layout: Layout) -> list[dict[str, Any]]:
+    """The columns in the card's ``dataset_info.features`` form (what ``datasets`` writes)."""
+    features = layout.features()
+    simple = {
+        name: {"name": name, "dtype": "image"} if feature == {"_type": "Image"} else {"name": name, "dtype": feature["dtype"]}
+        for name, feature in features.items()
+        if feature == {"_type": "Image"} or (feature.get("_type") == "Value" and set(feature) == {"_type", "dtype"})
+    }
+    if len(simple) == len(features):
+        return list(simple.values())
+    import datasets  # a plug-in's kind with a nested feature: let datasets write its YAML form
+
+    return datasets.Features.from_dict(features)._to_yaml_list()
+
+
+def source_description(source: dict[str, Any]) -> str:
+    """The input in words, with no local path: a folder, list or image by name, a Hub dataset by id and commit."""
+    kind = source.get("kind")
+    if kind == "dataset" and "hub_id" in source:
+        hub_id = source["hub_id"]
+        revision = f" at commit `{source['revision']}`" if source.get("revision") else " (revision unknown: built offline)"
+        where = f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id}){revision}"
+    elif kind == "dataset":
+        where = f"the local dataset `{_cell(source.get('name'))}`"
+    else:
+        where = {"folder": "the image folder `{}`", "list": "the images listed in `{}`", "image": "the image `{}`"}.get(str(kind), "`{}`").format(_cell(source.get("name")))
+    if kind == "dataset":
+        where += f", split `{source.get('split')}`, column `{source.get('image_column')}`"
+        if source.get("caption_column"):
+            where += f", captions from `{source['caption_column']}`"
+    return where
+
+
+def _pretty_name(info: CardInfo) -> str:
+    source = info.identity.get("input", {})
+    name = source.get("hub_id") or source.get("name") or "images"
+    return f"ControlNet pairs ({', '.join(info.layout.annotators)}) of {name}"
+
+
+def _annotator_rows(info: CardInfo) -> list[tuple[str, str, str, str, str]]:
+    """Per annotator: id, parameters, weights files, weights licence, the package (and version) that
+    provides it."""
+    import annotators
+
+    infos = {i.name: i for i in annotators.available() if i.name in info.layout.annotators}
+    rows = []
+    for name, params in info.identity.get("annotators", {}).items():
+        shown = ", ".join(f"{key}={value!r}" for key, value in params.items()) or "(none)"
+        files = info.identity.get("weights", {}).get(name) or []
+        weights = ", ".join(f"`{f['name']}` ({f['bytes']:,} bytes)" for f in files) or ("bundled" if infos[name].weights_license else "none")
+        source = infos[name].source
+        package = "cn-annotate" if source in ("builtin", "registered") else source
+        version = info.versions.get(package) or _version(package)
+        rows.append((name, shown, weights, infos[name].weights_license or "no weights", f"{package} {version}" + (" (registered in code)" if source == "registered" else "")))
+    return rows
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def card_yaml(info: CardInfo) -> str:
+    """The card's YAML header, written by huggingface_hub's :class:`DatasetCardData`."""
+    from huggingface_hub import DatasetCardData
+
+    data = DatasetCardData(
+        license=info.license or "unknown",
+        pretty_name=_pretty_name(info),
+        task_categories=["image-to-image", "text-to-image"],
+        tags=["controlnet", "cn-annotate", *info.layout.annotators],
+        size_categories=[_size_category(info.rows)],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        # datasets caches a local folder with YAML configs by its name and these numbers alone, not
+        # by its files: without them a rebuilt or resumed folder would load stale rows from the cache.
+        dataset_info={
+            "features": _yaml_features(info.layout),
+            "splits": [{"name": "train", "num_bytes": info.data_bytes, "num_examples": info.rows}],
+            "download_size": info.data_bytes,
+        },
+    )
+    return data.to_yaml()
+
+
+def render_card(info: CardInfo, dataset_id: str = "path/to/dataset") -> str:
+    """The card. ``dataset_id`` is what its usage snippet loads: the repo id once pushed."""
     annotator_ids = list(info.layout.annotators)
     names = ", ".join(f"`{name}`" for name in annotator_ids)
     resolution = info.identity.get("resolution")
     lines = [
         "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*",
-        # datasets caches a local folder with YAML configs by its name and these numbers alone, not
-        # by its files: without them a rebuilt or resumed folder would load stale rows from the cache.
-        "dataset_info:",
-        "  splits:",
-        "  - name: train",
-        f"    num_bytes: {info.data_bytes}",
-        f"    num_examples: {info.rows}",
-        f"  download_size: {info.data_bytes}",
-        "tags:",
-        "- controlnet",
-        "- cn-annotate",
-        "size_categories:",
-        f"- {_size_category(info.rows)}",
+        card_yaml(info).rstrip("\n"),
         "---",
         "",
         f"# ControlNet training pairs: {names}",
         "",
-        f"Made with cn-annotate: each image is paired with the condition map of {names}. "
-        "The columns are the defaults of diffusers' `train_controlnet.py`, so it trains on this dataset as it is:",
+        (
+            f"Made with cn-annotate from {source_description(info.identity.get('input', {}))}: each image is paired with "
+            f"the condition map of {names}. The columns are the defaults of diffusers' `train_controlnet.py`, so it "
+            "trains on this dataset as it is:"
+        ),
         "",
         "```python",
         "from datasets import load_dataset",
-        'dataset = load_dataset("path/or/repo-id", split="train")',
+        USAGE.format(dataset_id=json.dumps(dataset_id)),
         "```",
         "",
         "## Columns",
@@ -131,13 +208,18 @@ def render_card(info: CardInfo) -> str:
         "| column | content |",
         "|---|---|",
     ]
+    jpeg = f"JPEG (quality {info.identity.get('jpeg_quality')})"
+    image_format = str(info.identity.get("image_format", "auto"))
+    stored_as = {"auto": f"{jpeg} for JPEG sources, PNG for the rest", "jpeg": jpeg, "png": "PNG", "webp": "lossless WebP"}
     described = {
         "image": "the input image, resized like the reference `resize_image`"
         + (f" (short side {resolution}, sides multiples of 64)" if resolution else " (original size)")
-        + "; when no resize was needed, the original file unchanged",
+        + ". The source file itself when it is a JPEG, PNG or WebP that needs no resize, rotation or alpha; "
+        f"otherwise re-encoded as {stored_as.get(image_format, image_format)}. Gray sources stay gray. "
+        "The maps are computed from exactly the pixels this image decodes to",
         "conditioning_image": f"the condition map of `{annotator_ids[0]}` (lossless PNG), same size as `image`",
         "text": "caption: sidecar `.txt`, then `metadata.jsonl`/`metadata.csv`, then the dataset's caption column, else the default prompt",
-        "file_name": "the image's path relative to the input",
+        "file_name": "the source image's path relative to the input (its suffix is the source's format)",
         "annotator": "the annotator id(s)",
         "width": "width of `image` and the maps",
         "height": "height of `image` and the maps",
@@ -150,14 +232,17 @@ def render_card(info: CardInfo) -> str:
         "",
         "## How it was made",
         "",
-        "| annotator | parameters |",
-        "|---|---|",
+        "| annotator | parameters | weights | weights licence | annotator from |",
+        "|---|---|---|---|---|",
     ]
-    for name, params in info.identity.get("annotators", {}).items():
-        shown = ", ".join(f"{key}={value!r}" for key, value in params.items()) or "(none)"
-        lines.append(f"| `{name}` | {_cell(shown, limit=4 * CELL_CHARS)} |")
+    rows = _annotator_rows(info)
+    lines += [
+        f"| `{name}` | {_cell(shown, limit=4 * CELL_CHARS)} | {_cell(weights)} | {_cell(licence)} | {_cell(package)} |"
+        for name, shown, weights, licence, package in rows
+    ]
     lines += [
         "",
+        f"- Source: {source_description(info.identity.get('input', {}))}",
         f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
         f"- Default prompt: \"{_cell(info.identity.get('prompt'))}\"",
     ]
@@ -166,6 +251,13 @@ def render_card(info: CardInfo) -> str:
             if column.kind.Filters is not None and isinstance(config, column.kind.Filters):
                 lines += column.kind.filter_lines(config)
     lines.append("- Packages: " + ", ".join(f"{name} {version}" for name, version in info.versions.items()))
+    lines += [
+        "",
+        "## Licences",
+        "",
+        f"- Images: `{info.license}`, as declared by whoever built this dataset (`--license`)" if info.license else "- Images: not declared (`--license` declares it)",
+    ]
+    lines += [f"- Maps of `{name}`: computed with weights under {licence}" for name, _, _, licence, _ in rows if licence != "no weights"]
     lines += [
         "",
         "## Contents",
@@ -183,10 +275,37 @@ def render_card(info: CardInfo) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_card(output: Path, info: CardInfo) -> None:
-    """Write ``output/README.md`` atomically."""
+#: the card's usage line; :func:`set_repo_id` rewrites it when the dataset is pushed
+USAGE = 'dataset = load_dataset({dataset_id}, split="train")'
+_USAGE_LINE = re.compile(r'^dataset = load_dataset\(".*"(?:, split="train")\)$', re.MULTILINE)
+
+
+def set_repo_id(output: Path, repo_id: str) -> None:
+    """Name ``repo_id`` in the usage snippet of ``output``'s card (done before it is pushed)."""
+    path = output / CARD_FILE
+    text = path.read_text(encoding="utf-8")
+    updated = _USAGE_LINE.sub(lambda _: USAGE.format(dataset_id=json.dumps(repo_id)), text, count=1)
     tmp = output / f".{CARD_FILE}.tmp"
-    tmp.write_text(render_card(info), encoding="utf-8")
+    tmp.write_text(updated, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def previous_license(output: Path) -> str | None:
+    """The licence an earlier run of this build wrote in the card, so that a resumed run keeps it."""
+    import yaml
+    from huggingface_hub.repocard import metadata_load
+
+    try:
+        found = (metadata_load(output / CARD_FILE) or {}).get("license")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):  # no card yet, or one that does not parse
+        return None
+    return found if isinstance(found, str) and found != "unknown" else None
+
+
+def write_card(output: Path, info: CardInfo) -> None:
+    """Write ``output/README.md`` atomically; its usage snippet names the folder until it is pushed."""
+    tmp = output / f".{CARD_FILE}.tmp"
+    tmp.write_text(render_card(info, output.resolve().name), encoding="utf-8")
     os.replace(tmp, output / CARD_FILE)
 
 

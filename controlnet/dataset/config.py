@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import annotators
 from annotators.base import Annotator, AnnotatorConfig, param
 from annotators.files import DEFAULT_MAX_FILE_BYTES
-from annotators.image import DEFAULT_MAX_PIXELS
+from annotators.image import DEFAULT_MAX_PIXELS, IMAGE_ENCODINGS
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import DEFAULT_PROMPT
 
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_RESOLUTION", "FORMAT_VERSION", "BuildConfig", "BuildError", "default_workers"]
 
-#: bumped when the same identity would give different rows
-FORMAT_VERSION = 1
+#: bumped when the same identity would give different rows (2: maps of re-encoded JPEGs are computed
+#: from the stored JPEG's pixels, gray sources are stored gray)
+FORMAT_VERSION = 2
 #: the reference annotators' default ``resize_image`` resolution
 DEFAULT_RESOLUTION = 512
 
@@ -64,12 +66,21 @@ class BuildConfig:
     image_column: str | None = param(None, "image column of a dataset input (default: image)")
     caption_column: str | None = param(None, "caption column of a dataset input (default: text, if present)")
     split: str = param("train", "split of a dataset input")
+    revision: str | None = param(None, "branch, tag or commit of a Hub dataset input (default: the latest commit, which is recorded)")
     workers: int = param(0, "worker processes (0: one per core)", ge=0, runtime=True)
     batch_size: int | None = param(None, "images per task (default: the annotators' preferred batch, else 8)", ge=1, runtime=True)
     shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
     max_file_bytes: int = param(DEFAULT_MAX_FILE_BYTES, "larger input files (images, caption and metadata files) are skipped or refused", ge=1)
+    image_format: str = param(
+        "auto",
+        "format of re-encoded images (resized, rotated, not JPEG/PNG/WebP); auto: JPEG for JPEG "
+        "sources, else PNG; png and webp are lossless",
+        choices=("auto", *IMAGE_ENCODINGS),
+    )
+    jpeg_quality: int = param(95, "quality of the JPEG images written", ge=1, le=100)
     overwrite: bool = param(False, "replace an output folder built with other settings", runtime=True)
+    license: str | None = param(None, "licence of the images, as a Hub licence id (e.g. cc-by-4.0, other); shown in the card", runtime=True)
     central: bool | None = field(default=None)  # one annotating process; None: when an annotator runs on an accelerator
 
     def __post_init__(self) -> None:
@@ -85,10 +96,16 @@ class BuildConfig:
         for f in dataclasses.fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
-            if value is None or "ge" not in meta or meta["ge"] is None:
+            if value is None or "help" not in meta:
                 continue
-            if value < meta["ge"]:
+            if meta["ge"] is not None and value < meta["ge"]:
                 raise ValueError(f"{f.name} must be at least {meta['ge']}, got {value}")
+            if meta["le"] is not None and value > meta["le"]:
+                raise ValueError(f"{f.name} must be at most {meta['le']}, got {value}")
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+        if self.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", self.license):
+            raise ValueError(f"license must be a Hub licence id such as cc-by-4.0, mit or other, got {self.license!r}")
         if self.workers == 0:
             object.__setattr__(self, "workers", default_workers())
         for config in self.filters:
@@ -104,7 +121,8 @@ class BuildConfig:
 
     def identity(self, source: Source, weights: dict[str, Any] | None = None) -> dict[str, Any]:
         """What determines the dataset's content: annotators and their output parameters, the
-        identity of their weights, sizing, filters, captions' default and the input. Runtime options
+        identity of their weights, sizing, how re-encoded images are stored, filters, captions'
+        default and the input. Runtime options
         (workers, device, batch size, where the weights are) are left out."""
         return _jsonable(
             {
@@ -116,6 +134,8 @@ class BuildConfig:
                 "prompt": self.prompt,
                 "max_pixels": self.max_pixels,
                 "max_file_bytes": self.max_file_bytes,
+                "image_format": self.image_format,
+                "jpeg_quality": self.jpeg_quality,
                 "input": source.identity,
             }
         )
@@ -137,9 +157,14 @@ class BuildConfig:
 
     def filter_for(self, kind: DataKind) -> AnnotatorConfig | None:
         """The filter config that applies to data of ``kind``, if one was given."""
-        if kind.Filters is None:
-            return None
-        return next((config for config in self.filters if isinstance(config, kind.Filters)), None)
+        return filter_for(kind, self.filters)
+
+
+def filter_for(kind: DataKind, filters: tuple[AnnotatorConfig, ...]) -> AnnotatorConfig | None:
+    """The one of ``filters`` that applies to data of ``kind`` (an instance of its ``Filters``), if any."""
+    if kind.Filters is None:
+        return None
+    return next((config for config in filters if isinstance(config, kind.Filters)), None)
 
 
 def _jsonable(value: Any) -> Any:

@@ -5,12 +5,25 @@ annotators up front (``load_all``): a backend that cannot load is a fault of the
 one :class:`AnnotatorLoadError`, never a per-image skip. An image that an annotator fails on is
 skipped with the annotator's message; the others in its batch go on. Any other error raised for
 one input (a bug, a library's unexpected exception) makes that input a skip too, never the chunk.
+
+The stored ``image``, and the pixels the annotators see, follow one rule:
+
+* the source file is stored byte for byte when it can be: a JPEG, PNG or WebP that needs no resize,
+  no EXIF rotation and no alpha compositing, in 8-bit RGB or gray;
+* any other image is re-encoded in the build's ``image_format`` (``auto``: JPEG for JPEG sources,
+  PNG for the rest), gray sources as gray (except in WebP, which has no gray mode);
+* the annotators always see exactly the pixels a reader decodes from the stored bytes: a lossy
+  (JPEG) re-encoding is decoded again before it is annotated, so that each pair agrees with itself.
+
+``file_name`` stays the source's path relative to the input; the stored image's own ``path`` takes
+the suffix of the format its bytes are in.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import cv2
@@ -19,15 +32,26 @@ import numpy as np
 import annotators
 from annotators.base import Annotation, Annotator, AnnotatorConfig
 from annotators.files import DEFAULT_MAX_FILE_BYTES
-from annotators.image import ImageError, decode_image_info, encode_png, read_image_file, resize_image, resized_size
+from annotators.image import (
+    LOSSLESS_ENCODINGS,
+    ImageError,
+    decode_image,
+    decode_image_info,
+    encode_image,
+    encode_png,
+    read_image_file,
+    resize_image,
+    resized_size,
+)
+from controlnet.dataset.config import filter_for
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import SourceItem
 
 __all__ = ["AnnotatorLoadError", "Pipeline", "Prepared", "Row", "Skip", "skip_kind"]
 
-#: Source formats whose bytes are stored unchanged when no resize is needed; others become PNG.
+#: Source formats whose bytes are stored unchanged when no resize is needed; others are re-encoded.
 KEPT_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
-JPEG_QUALITY = 95
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "jpeg": ".jpg", "png": ".png", "webp": ".webp"}
 
 
 class AnnotatorLoadError(RuntimeError):
@@ -48,8 +72,9 @@ class Skip:
 @dataclass
 class Prepared:
     item: SourceItem
-    pixels: np.ndarray
+    pixels: np.ndarray  # exactly what a reader decodes from ``image``
     image: bytes
+    image_name: str  # the stored image's own path: file_name, with the suffix of its format
 
 
 @dataclass
@@ -57,6 +82,7 @@ class Row:
     file_name: str
     caption: str
     image: bytes
+    image_name: str
     width: int
     height: int
     maps: list[bytes]  # one PNG per annotator, in order
@@ -85,14 +111,13 @@ def skip_kind(reason: str) -> str:
     return next((kind for marker, kind in _SKIP_KINDS if marker in reason), "other")
 
 
-def _encode_image(pixels: np.ndarray, source_format: str) -> bytes:
-    """A resized (or converted) input image: JPEG stays JPEG (quality 95), anything else PNG."""
-    if source_format == "JPEG":
-        ok, buffer = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise ValueError("JPEG encoding failed")
-        return buffer.tobytes()
-    return encode_png(pixels)
+def stored_name(file_name: str, fmt: str) -> str:
+    """``file_name`` with the suffix of ``fmt``, unless it already has one that names it."""
+    path = PurePosixPath(file_name)
+    suffix = _SUFFIXES[fmt]
+    if path.suffix.lower() == suffix or (suffix == ".jpg" and path.suffix.lower() == ".jpeg"):
+        return file_name
+    return str(path.with_suffix(suffix)) if path.suffix else file_name + suffix
 
 
 class Pipeline:
@@ -104,15 +129,19 @@ class Pipeline:
         filters: tuple[AnnotatorConfig, ...],
         resolution: int | None,
         max_pixels: int,
+        image_format: str = "auto",
+        jpeg_quality: int = 95,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         load_annotators: bool = True,
     ) -> None:
         self.resolution = resolution
         self.max_pixels = max_pixels
+        self.image_format = image_format
+        self.jpeg_quality = jpeg_quality
         self.max_file_bytes = max_file_bytes
         classes = [annotators.get_class(name) for name, _ in specs]
         self.layout = Layout.of([(name, cls.data_kind) for (name, _), cls in zip(specs, classes)])
-        self.filters = {column.name: next((f for f in filters if column.kind.Filters and isinstance(f, column.kind.Filters)), None) for column in self.layout.data_columns}
+        self.filters = {column.name: filter_for(column.kind, filters) for column in self.layout.data_columns}
         self.annotators: list[Annotator] = [cls(config) for cls, (_, config) in zip(classes, specs)] if load_annotators else []
         self._loaded = False
 
@@ -148,14 +177,18 @@ class Pipeline:
                     raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
                 pixels = resize_image(pixels, self.resolution)
             if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
-                image = data  # nothing changed: keep the file as it is, with no re-encoding
-            else:
-                image = _encode_image(pixels, decoded.format)
+                # Nothing changed: keep the file as it is. A reader decodes the pixels decoded here
+                # (the JPEG fast path is bit-identical to Pillow's decoder).
+                return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format))
+            fmt = self.image_format if self.image_format != "auto" else "jpeg" if decoded.format in ("JPEG", "MPO") else "png"
+            image = encode_image(pixels, fmt, quality=self.jpeg_quality, grayscale=decoded.gray)
+            if fmt not in LOSSLESS_ENCODINGS:  # annotate what the stored bytes decode to, not what was encoded
+                pixels = decode_image(image, source=source)
         except ImageError as err:
             return Skip(item.file_name, item.path, err.reason)
         except (cv2.error, ValueError, MemoryError) as err:  # e.g. an unusable size: skip it, go on
             return Skip(item.file_name, item.path, f"corrupt or unusable image ({type(err).__name__}: {err})")
-        return Prepared(item, pixels, image)
+        return Prepared(item, pixels, image, stored_name(item.file_name, fmt))
 
     def _annotate_all(self, annotator: Annotator, images: list[np.ndarray]) -> list[Annotation | str]:
         """Annotations, or an error message for the images the annotator fails on."""
@@ -192,6 +225,7 @@ class Pipeline:
             file_name=item.file_name,
             caption=item.caption,
             image=entry.image,
+            image_name=entry.image_name,
             width=width,
             height=height,
             maps=[encode_png(r.map, grayscale=a.grayscale) for a, r in zip(self.annotators, annotations)],

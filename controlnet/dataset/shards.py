@@ -88,7 +88,7 @@ class ShardWriter:
             path_array = pa.array(paths, pa.string()) if paths is not None else pa.nulls(len(data), pa.string())
             return pa.StructArray.from_arrays([pa.array(data, pa.binary()), path_array], names=["bytes", "path"])
 
-        columns: dict[str, Any] = {"image": image_column([r.image for r in rows], file_names)}
+        columns: dict[str, Any] = {"image": image_column([r.image for r in rows], [r.image_name for r in rows])}
         for position, name in enumerate(self.layout.condition_columns):
             source = 0 if position == 0 else position - 1
             columns[name] = image_column([r.maps[source] for r in rows], None)
@@ -233,7 +233,8 @@ class SkipLog:
         return Counter(skip_kind(record["reason"]) for record in self.records)
 
     def add(self, skip: Skip) -> None:
-        self.handle.write(json.dumps({"file_name": skip.file_name, "path": skip.path, "reason": skip.reason}) + "\n")
+        # file_name is relative to the input; the local path is left out, as the log is published with the dataset
+        self.handle.write(json.dumps({"file_name": skip.file_name, "reason": skip.reason}) + "\n")
         self.handle.flush()
 
     def close(self) -> None:

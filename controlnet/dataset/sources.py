@@ -3,7 +3,10 @@
 An input is one of: a folder (searched recursively for image files), a single image, a text file
 listing image paths, or an existing dataset (a local folder that ``datasets`` reads, or a Hub id).
 Each yields :class:`SourceItem` records in a deterministic order, keyed by ``file_name``, the
-image's path relative to the input, which is what resuming a build relies on.
+image's path relative to the input, which is what resuming a build relies on. No local path outside
+the input is stored: ``identity`` names the input by its folder or file name (a Hub dataset by its
+id and the commit read), and a listed file outside the list's folder is named by a digest of its
+folder plus its own name.
 
 Captions, in order of precedence: a sidecar ``name.txt`` next to the image; ``metadata.jsonl`` or
 ``metadata.csv`` with ``file_name`` and ``text`` (the ``imagefolder`` convention, searched in the
@@ -21,6 +24,7 @@ images it was meant to caption cannot be told apart.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import sys
@@ -213,7 +217,7 @@ class FolderSource(Source):
 
     def __init__(self, root: Path, prompt: str, exclude: Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.root = root
-        self.identity = {"kind": "folder", "path": str(root.resolve())}
+        self.identity = {"kind": "folder", "name": root.resolve().name}
         excluded = exclude.resolve() if exclude is not None else None
         images: list[tuple[str, Path]] = []
         sidecars: set[Path] = set()
@@ -251,7 +255,7 @@ class ListSource(Source):
     paths are relative to the list file's folder. Every listed path is an input, whatever its suffix."""
 
     def __init__(self, list_file: Path, prompt: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
-        self.identity = {"kind": "list", "path": str(list_file.resolve())}
+        self.identity = {"kind": "list", "name": list_file.name}
         try:
             lines = read_regular_file(list_file, max_file_bytes).decode("utf-8").splitlines()
         except FileRefusedError as err:
@@ -261,23 +265,34 @@ class ListSource(Source):
         entries = [line.strip() for line in lines]
         entries = [entry for entry in entries if entry and not entry.startswith("#")]
         base = list_file.parent
-        self.entries = list(dict.fromkeys(entries))  # a path listed twice is one input
-        self.paths = [Path(entry) if Path(entry).is_absolute() else base / entry for entry in self.entries]
+        paths = [Path(entry) if Path(entry).is_absolute() else base / entry for entry in entries]
+        self.files = dict(zip((_name_in(base, path) for path in paths), paths))  # a file listed twice is one input
         self.captions = _Captions(prompt, {}, None, max_file_bytes)
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.files)
 
     def __iter__(self) -> Iterator[SourceItem]:
-        for entry, path in zip(self.entries, self.paths):
+        for name, path in self.files.items():
             caption, error = self.captions(path)
-            yield SourceItem(Path(entry).as_posix(), caption, path=str(path), error=error)
+            yield SourceItem(storable_name(name), caption, path=str(path), error=error)
+
+
+def _name_in(folder: Path, path: Path) -> str:
+    """``path`` relative to ``folder``; outside it, a digest of its folder and its own name, so that
+    no local path outside the input is stored (two listed files never share a name)."""
+    root, target = Path(os.path.abspath(folder)), Path(os.path.abspath(path))
+    try:
+        return target.relative_to(root).as_posix()
+    except ValueError:
+        digest = hashlib.blake2b(str(target.parent).encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+        return f"{digest}/{target.name}"
 
 
 class SingleImageSource(Source):
     def __init__(self, path: Path, prompt: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.path = path
-        self.identity = {"kind": "image", "path": str(path.resolve())}
+        self.identity = {"kind": "image", "name": path.name}
         self.captions = _Captions(prompt, {}, None, max_file_bytes)
 
     def __len__(self) -> int:
@@ -290,14 +305,18 @@ class SingleImageSource(Source):
 
 class DatasetSource(Source):
     """Rows of a dataset read with ``datasets``: a local folder or a Hub id (streamed, so nothing is
-    downloaded ahead). ``file_name`` is the row index, zero-padded, which is stable across runs."""
+    downloaded ahead, and read at one commit: ``revision`` or, by default, the latest one).
+    ``file_name`` is the row index, zero-padded, which is stable across runs."""
 
-    def __init__(self, spec: str, *, local: bool, split: str, image_column: str, caption_column: str | None, prompt: str) -> None:
+    def __init__(
+        self, spec: str, *, local: bool, split: str, image_column: str, caption_column: str | None, prompt: str, revision: str | None = None
+    ) -> None:
         import datasets
 
+        commit = None if local else hub_commit(spec, revision)
         self.identity = {
             "kind": "dataset",
-            "path": str(Path(spec).resolve()) if local else spec,
+            **({"name": Path(spec).resolve().name} if local else {"hub_id": spec, "revision": commit}),
             "split": split,
             "image_column": image_column,
             "caption_column": caption_column,
@@ -306,8 +325,10 @@ class DatasetSource(Source):
             if local and any((Path(spec) / marker).is_file() for marker in ("dataset_dict.json", "state.json")):
                 loaded = datasets.load_from_disk(spec)
                 dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            elif local:
+                dataset = datasets.load_dataset(spec, split=split)
             else:
-                dataset = datasets.load_dataset(spec, split=split, streaming=not local)
+                dataset = datasets.load_dataset(spec, split=split, streaming=True, revision=commit)
         except Exception as err:  # datasets raises many types (offline, missing split, bad files)
             raise SourceError(f"{spec}: cannot load the dataset ({type(err).__name__}: {err})") from None
         columns = list(dataset.column_names or dataset.features or [])
@@ -358,6 +379,18 @@ class DatasetSource(Source):
                 yield SourceItem(file_name, caption, data=_encode_pil(value), error=error)
 
 
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit that ``revision`` (default: the main branch) of a Hub dataset points to, so that a
+    build, and its resumption, read one version of it; ``revision`` itself when the Hub cannot be
+    asked (offline: ``datasets`` then reads its cache)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(repo_id, revision=revision).sha or revision
+    except Exception:  # offline, or not on the Hub: load_dataset gives the error that matters
+        return revision
+
+
 def _encode_pil(value: Any) -> bytes:
     import io
 
@@ -385,6 +418,7 @@ def open_source(
     caption_column: str | None = None,
     split: str = "train",
     exclude: Path | None = None,
+    revision: str | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Source:
     """The inputs named by ``spec``: a folder, an image, a list file, a dataset folder or a Hub id.
@@ -403,4 +437,4 @@ def open_source(
         return ListSource(path, prompt, max_file_bytes)
     if os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1:
         raise SourceError(f"{spec}: no such file or folder")
-    return DatasetSource(spec, local=False, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt)
+    return DatasetSource(spec, local=False, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt, revision=revision)

@@ -87,6 +87,8 @@ class TrainConfig:
     validation_inference_steps: int = 20
     report_to: str | None = "tensorboard"
     log_samples: bool = False
+    # Every N steps, score the validation samples against their rows' conditions (cn-eval's measures).
+    eval_every: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -99,6 +101,11 @@ class TrainConfig:
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
             (self.checkpointing_steps >= 0, "checkpointing_steps must be >= 0 (0 disables)"),
             (self.validation_steps >= 0, "validation_steps must be >= 0 (0 disables)"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0 disables)"),
+            (
+                not (self.eval_every and self.validation_conditions),
+                "eval_every scores samples of the dataset's rows, whose conditions it knows; it cannot score validation_conditions",
+            ),
             (not (self.unlock_decoder and self.only_mid_control), "unlock_decoder and only_mid_control exclude each other"),
             (
                 not self.validation_prompts or len(self.validation_prompts) in (1, len(self.validation_conditions)),
@@ -396,7 +403,7 @@ class _Trainer:
         if c.log_samples and accelerator.is_main_process:
             sample_log = (self.output_dir / "samples.jsonl").open("a", encoding="utf-8")
         batches = self.batches()
-        if self.global_step == 0 and c.validation_steps:
+        if self.global_step == 0 and (c.validation_steps or c.eval_every):
             self.validate(0)
         losses: list[float] = []
         step_losses, step_ids = [], []
@@ -439,7 +446,7 @@ class _Trainer:
                 self.progress(self.global_step, logs)
             if c.checkpointing_steps and self.global_step % c.checkpointing_steps == 0:
                 self.save_checkpoint()
-            if c.validation_steps and self.global_step % c.validation_steps == 0:
+            if any(every and self.global_step % every == 0 for every in (c.validation_steps, c.eval_every)):
                 self.validate(self.global_step)
         if sample_log is not None:
             sample_log.close()
@@ -476,6 +483,7 @@ class _Trainer:
             rows = list(self.rows.take(c.num_validation_rows))
         else:
             rows = [self.rows[i] for i in range(min(c.num_validation_rows, len(self.rows)))]
+        self._validation_rows = rows  # for --eval-every, which scores samples against their rows
         return [(np.asarray(r[c.conditioning_column].convert("RGB")), str(r[c.caption_column] or "")) for r in rows]
 
     def half_copy(self, model: Any) -> Any:
@@ -511,7 +519,7 @@ class _Trainer:
         )
         pipeline.set_progress_bar_config(disable=True)
         size = c.resolution
-        rows = []
+        rows, made = [], []
         was_training = controlnet.training
         controlnet.eval()
         for index, (condition, prompt) in enumerate(self._validation_cases):
@@ -524,7 +532,10 @@ class _Trainer:
                 ).images
             samples = [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in out]
             rows.append([np.asarray(cond_image), *samples])
+            made.append(samples)
         controlnet.train(was_training)
+        if c.eval_every and step % c.eval_every == 0:
+            self.log_condition_following(step, made)
         grid = _grid(rows)
         folder = self.output_dir / "validation"
         folder.mkdir(parents=True, exist_ok=True)
@@ -533,6 +544,19 @@ class _Trainer:
             tracker = accelerator.get_tracker("tensorboard", unwrap=True)
             tracker.add_image("validation", grid, step, dataformats="HWC")
         accelerator.wait_for_everyone()
+
+
+    def log_condition_following(self, step: int, samples: list[list[np.ndarray]]) -> None:
+        """Log how well the validation samples follow their rows' conditions (``eval/<metric>``)."""
+        from controlnet.evaluation.training import ValidationScorer
+
+        c = self.config
+        if not hasattr(self, "_scorer"):
+            try:
+                self._scorer = ValidationScorer(c.dataset, c.dataset_revision, c.conditioning_column, str(self.device))
+            except ValueError as error:
+                raise TrainError(str(error)) from None
+        self.accelerator.log(self._scorer(self._validation_rows, samples), step=step)
 
 
 def train(config: TrainConfig, progress: ProgressCallback | None = None) -> TrainResult:

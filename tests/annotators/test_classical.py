@@ -167,6 +167,36 @@ def test_hough_draws_thin_white_lines_and_filters_by_length() -> None:
     assert not none.any()
 
 
+def test_hough_default_is_lsd_standard_refinement_drawn_at_min_length(photos) -> None:
+    """The default map, written out with OpenCV directly: LSD with standard refinement, no NFA test."""
+    for image, out in zip(photos, run("hough", photos)):
+        lines = cv2.createLineSegmentDetector(cv2.LSD_REFINE_STD, 0.8).detect(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY))[0].reshape(-1, 4)
+        expected = np.zeros(image.shape[:2], np.uint8)
+        for x1, y1, x2, y2 in lines:
+            if np.hypot(x2 - x1, y2 - y1) >= 16:
+                cv2.line(expected, (int(x1), int(y1)), (int(x2), int(y2)), 255, 1)
+        np.testing.assert_array_equal(out[:, :, 0], expected)
+
+
+def test_hough_standard_refinement_keeps_the_advanced_segments(photos) -> None:
+    """Every segment the NFA-validated (advanced) refinement draws lies on the default map, within 1 px."""
+    for image in photos:
+        (fast,) = run("hough", [image])
+        (validated,) = run("hough", [image], refine="advanced")
+        near = cv2.dilate(fast[:, :, 0], np.ones((3, 3), np.uint8)) > 0
+        drawn = validated[:, :, 0] > 0
+        assert (drawn & near).sum() >= 0.99 * drawn.sum()
+        assert drawn.sum() <= (fast[:, :, 0] > 0).sum()  # the NFA test only removes segments
+
+
+def test_hough_score_filter_needs_the_advanced_refinement(photos) -> None:
+    with pytest.raises(ValueError, match="refine='advanced'"):
+        annotators.create("hough", min_score=5.0)
+    (all_scores,) = run("hough", [photos[0]], refine="advanced")
+    (high_scores,) = run("hough", [photos[0]], refine="advanced", min_score=20.0)
+    assert 0 < (high_scores > 0).sum() < (all_scores > 0).sum()
+
+
 def test_hough_blank_image_is_black() -> None:
     (out,) = run("hough", [np.full((64, 64, 3), 128, np.uint8)])
     assert not out.any()

@@ -180,3 +180,29 @@ def test_graph_is_lazy_reused_and_rebuilt_per_process(astronaut: np.ndarray, pos
     np.testing.assert_array_equal(worker_map, pose_result.map)
     annotator.close()
     assert annotator._graph is None
+
+
+def test_graph_follows_the_lifecycle() -> None:
+    """Nothing is built in the constructor; load() builds this process's graph, close() releases it."""
+    pose = annotators.create("mediapipe_pose")
+    assert pose._graph is None and pose.weights is not None and pose.weights.format == "bundled"
+    assert pose.weights_present() and pose.load() is pose and pose._graph is not None
+    pose.close()
+    assert pose._graph is None
+
+
+def test_mediapipe_native_info_and_warning_logs_are_dropped_and_errors_pass(capfd: pytest.CaptureFixture[str], astronaut: np.ndarray) -> None:
+    import os
+    import re
+
+    from annotators.mediapipe import quiet_native_logs
+
+    annotator = annotators.create("mediapipe_hands")  # a fresh graph: its calculators log as they open
+    annotator([astronaut])
+    annotator.close()
+    err = capfd.readouterr().err
+    assert not re.search(r"^[IW]\d{4} |TensorFlow Lite|absl::InitializeLog", err, re.MULTILINE), err
+    with quiet_native_logs():
+        os.write(2, b"W0000 00:00:1796186957.740900   42 x.cc:1] noise\nE0000 00:00:1796186957.740901   42 x.cc:2] a real error\n")
+    err = capfd.readouterr().err
+    assert "a real error" in err and "noise" not in err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from annotators.data import count_body_keypoints
-from annotators.render import HAND_EDGES, Person, PoseResult, draw_body, draw_faces, draw_hands
+from annotators.render import HAND_EDGES, Person, PoseResult, draw_body, draw_faces, draw_hands, draw_people_in_turn
 from tests.parity import case
 
 DRAW = case("openpose_draw")
@@ -84,3 +84,22 @@ def test_empty_result_draws_black_canvas() -> None:
     assert pose.to_json() == {"people": [], "canvas_width": 96, "canvas_height": 64}
     canvas = pose.draw()
     assert canvas.shape == (64, 96, 3) and not canvas.any()
+
+
+def test_sd_webui_drawing_in_turn() -> None:
+    """sd-webui dims each limb's colour instead of the canvas: one body alone is drawn exactly as
+    v1.1 draws it; several are drawn person by person, so a later body's limbs cover an earlier
+    body's joints (the person-by-person map is checked exactly against sd-webui in test_dwpose)."""
+    body_a, _ = _bodies()
+    alone = draw_people_in_turn(_canvas(), [Person(body=body_a)], hands=False, face=False)
+    np.testing.assert_array_equal(alone, draw_body(_canvas(), [body_a]))
+    in_pixels = Person(body=body_a * np.array([SIZE, SIZE, 1.0]))
+    np.testing.assert_array_equal(draw_people_in_turn(_canvas(), [in_pixels], scale=(1.0, 1.0)), alone)
+    beside = body_a + np.array([12.0 / SIZE, 0.0, 0.0])  # overlapping the first
+    both = draw_people_in_turn(_canvas(), [Person(body=body_a), Person(body=beside)])
+    v11 = draw_body(_canvas(), [body_a, beside])
+    assert (both != v11).any() and (both == v11).mean() > 0.99
+    pose = _pose()
+    full = draw_people_in_turn(_canvas(), pose.people)
+    hands_drawn = draw_hands(_canvas(), pose.hands())
+    assert (full[hands_drawn.any(axis=2)] != 0).any(axis=1).all()

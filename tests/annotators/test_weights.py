@@ -81,7 +81,7 @@ def test_missing_weights_error_names_file_places_and_fix(tmp_path: Path, monkeyp
     assert not is_checkpoint_present(NAME)
 
 
-def test_pickled_code_is_refused(tmp_path: Path) -> None:
+def test_pickled_code_is_refused(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     class Payload:
         def __reduce__(self):
             return (print, ("this must never run",))
@@ -90,6 +90,7 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"w": Payload()}))
     with pytest.raises(ValueError, match="cannot load checkpoint"):
         load_checkpoint(path)
+    assert [str(w.message) for w in recwarn] == []  # refused in one line, with no warning from torch
 
 
 def test_load_strict_reports_missing_unexpected_and_shape(tmp_path: Path) -> None:
@@ -110,3 +111,24 @@ def test_suggested_download_command_is_installed() -> None:
 
     scripts = Path(sys.executable).parent
     assert shutil.which("hf", path=f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}") is not None
+
+
+def test_subfolder_is_part_of_the_hub_path_only(tmp_path: Path, isolated_hub_cache: Path) -> None:
+    """A file kept in a folder of its Hub repo (TEED's ``Annotators/7_model.pth``) is found by its
+    name in local folders, under the folder in the Hub cache, and the hint names the full path."""
+    nested = _write(tmp_path / "webui" / "models" / "TEED" / "7_model.pth")
+    assert find_checkpoint("7_model.pth", tmp_path / "webui", repo_id="owner/repo", subfolder="Annotators") == nested
+    snapshot = isolated_hub_cache / "models--owner--repo" / "snapshots" / ("b" * 40)
+    cached = _write(snapshot / "Annotators" / "7_model.pth")
+    (isolated_hub_cache / "models--owner--repo" / "refs").mkdir(parents=True)
+    (isolated_hub_cache / "models--owner--repo" / "refs" / "main").write_text("b" * 40)
+    assert find_checkpoint("7_model.pth", repo_id="owner/repo", subfolder="Annotators").resolve() == cached.resolve()
+    with pytest.raises(WeightsNotFoundError) as err:
+        find_checkpoint("7_model.pth", tmp_path / "empty", repo_id="other/repo", subfolder="Annotators")
+    assert "`hf download other/repo Annotators/7_model.pth`" in str(err.value)
+
+
+def test_an_onnx_graph_has_no_safetensors_twin(tmp_path: Path) -> None:
+    _write(tmp_path / "yolox_l.safetensors")
+    with pytest.raises(WeightsNotFoundError):
+        find_checkpoint("yolox_l.onnx", tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -150,11 +151,11 @@ def test_list_shows_weights_presence(seeded_weights, tmp_path: Path, monkeypatch
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    result = runner.invoke(app, ["list"], terminal_width=250)
+    result = runner.invoke(app, ["list", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
-    assert "present" in rows["softedge_hed"] and "Apache-2.0" in rows["softedge_hed"]
-    assert "missing" in rows["hed"] and "GPL" in rows["hed"]
+    rows = {entry["name"]: entry for entry in json.loads(result.output)}
+    assert rows["softedge_hed"]["weights"] == "present" and "Apache-2.0" in rows["softedge_hed"]["weights_license"]
+    assert rows["hed"]["weights"] == "missing" and "GPL" in rows["hed"]["weights_license"]
 
 
 def test_missing_weights_is_one_clear_line_offline(photo_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

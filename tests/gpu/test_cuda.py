@@ -134,6 +134,21 @@ def test_cuda_reduced_precision_is_close_to_cpu_float32(name: str, precision: st
     assert all(1 / INK_FACTOR <= r <= INK_FACTOR for r in ink), f"{name} {precision}: drawn pixels against float32 {ink}"
 
 
+def test_dwpose_on_cuda_matches_cpu(images: list[np.ndarray], seeded_weights) -> None:
+    """DWPose's onnxruntime graphs on the CUDA provider (needs onnxruntime-gpu), crops of the batch
+    sharing runs, against the CPU image by image; the stand-in graphs are the parity case's."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+    cpu = seeded_weights.create("dw_openpose_full").annotate(images)
+    gpu = seeded_weights.create("dw_openpose_full", device=DEVICE, batch_size=4).annotate(images)
+    fractions = agreement([g.map for g in gpu], [c.map for c in cpu])
+    print(f"dw_openpose_full cuda vs cpu, identical pixels: {summary(fractions)}")
+    assert min(fractions) >= FLOAT32_AGREEMENT, f"dw_openpose_full: identical pixels {summary(fractions)} < {FLOAT32_AGREEMENT:.1%}"
+    assert [len(g.data["people"]) for g in gpu] == [len(c.data["people"]) for c in cpu]
+
+
 # --------------------------------------------------------------------------- dataset builder
 
 

@@ -450,7 +450,7 @@ def test_shard_writer_rejects_only_the_bad_row(tmp_path: Path) -> None:
     writer = shards.ShardWriter(tmp_path, layout, shard_size=10, next_index=0)
     data = b"any bytes: the writer stores images, it does not decode them"
     for name in ["a", "b\udcff", "c"]:
-        writer.add(Row(name, "caption", data, 1, 1, [data], [], []))
+        writer.add(Row(name, "caption", data, f"{name}.png", 1, 1, [data], [], []))
     writer.close()
     assert [row.file_name for row, _ in writer.rejected] == ["b\udcff"] and writer.rows_committed == 2
     assert pq.read_table(shard_paths(tmp_path)[0]).column("file_name").to_pylist() == ["a", "c"]

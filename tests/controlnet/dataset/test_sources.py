@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -68,9 +69,26 @@ def test_list_file_paths_are_relative_to_it(tmp_path: Path) -> None:
     source = open_source(str(listing))
     assert isinstance(source, ListSource)
     items = _items(source)
-    assert list(items) == ["one.jpg", f"{(tmp_path / 'elsewhere' / 'two.png').as_posix()}", "missing.dat"]
+    outside = list(items)[1]
+    assert list(items) == ["one.jpg", outside, "missing.dat"]
     assert items["one.jpg"] == ("one's caption", str(tmp_path / "imgs" / "one.jpg"))
+    assert items[outside][1] == str(tmp_path / "elsewhere" / "two.png")  # read from where it is ...
+    assert re.fullmatch(r"[0-9a-f]{8}/two\.png", outside)  # ... named without a path outside the list's folder
     assert items["missing.dat"][0] == DEFAULT_PROMPT
+
+
+def test_list_entries_outside_its_folder_get_stable_distinct_names_and_no_local_path(tmp_path: Path) -> None:
+    for folder in ("a", "b", "list/sub"):
+        write_photo(tmp_path / folder / "x.jpg", 0)
+    listing = tmp_path / "list" / "files.txt"
+    listing.write_text(f"{tmp_path / 'a' / 'x.jpg'}\n../b/x.jpg\nsub/x.jpg\n./sub/../sub/x.jpg\n")
+    names = [item.file_name for item in open_source(str(listing))]
+    assert len(names) == 3 and names[2] == "sub/x.jpg"  # the same file listed twice is one input
+    assert names[0] != names[1] and all(not name.startswith(("/", "..")) and str(tmp_path) not in name for name in names)
+    assert names == [item.file_name for item in open_source(str(listing))]  # stable, so a build resumes
+    for spec in (str(listing), str(tmp_path / "a"), str(tmp_path / "a" / "x.jpg")):
+        identity = json.dumps(open_source(spec).identity)
+        assert str(tmp_path) not in identity and "pytest" not in identity
 
 
 def test_single_image(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Worked examples, tested by tests/examples; see docs/adding-an-annotator.md."""

@@ -1,0 +1,1 @@
+"""Example annotators: one torch, one transformers and one ONNX, each one file."""

@@ -1,0 +1,160 @@
+"""Pretraining the experiment's own text-to-image base model, from scratch, on the fill50k-like set.
+
+No model weights can be downloaded here, so the base that the ControlNet is trained on is made first:
+a small VAE (8x downsampling, as Stable Diffusion's) trained to reconstruct the images, then a small
+UNet and CLIP text encoder trained together to denoise its latents given the captions (10% empty
+captions, so that classifier-free guidance works). The result is saved as a diffusers Stable Diffusion
+folder, which cn-train and cn-sample take like any base model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from controlnet.testing import MAX_TOKENS, write_tokenizer
+
+
+@dataclass(frozen=True)
+class BaseScale:
+    size: int  # image side in pixels
+    vae_steps: int
+    unet_steps: int
+    batch_size: int
+    channels: int  # UNet width of its first level
+    learning_rate: float = 3e-4
+
+
+def _vae(size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=size,
+    )
+
+
+def _unet(size: int, channels: int, cross_attention_dim: int):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(channels, 2 * channels),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+
+
+def _text_encoder(vocab_size: int, hidden: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
+
+
+def train_vae(images: np.ndarray, scale: BaseScale, seed: int, log: list[dict]) -> object:
+    """An AutoencoderKL trained on ``images`` (N x H x W x 3 uint8) with MSE and a small KL term."""
+    import torch
+
+    torch.manual_seed(seed)
+    vae = _vae(scale.size)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(scale.vae_steps):
+        batch = data[torch.randint(len(data), (scale.batch_size,), generator=generator)]
+        posterior = vae.encode(batch).latent_dist
+        reconstruction = vae.decode(posterior.sample(generator)).sample
+        loss = torch.nn.functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 50 == 0 or step == scale.vae_steps - 1:
+            log.append({"stage": "vae", "step": step, "loss": loss.item()})
+    return vae.eval().requires_grad_(False)
+
+
+def train_base(images: np.ndarray, captions: list[str], folder: Path, scale: BaseScale, seed: int = 0) -> dict:
+    """Train the VAE, then the UNet and text encoder, and save the pipeline in ``folder``. Returns the
+    losses and the time taken."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    started = time.perf_counter()
+    log: list[dict] = []
+    vae = train_vae(images, scale, seed, log)
+    data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    with torch.inference_mode():
+        latents = torch.cat([vae.encode(data[i : i + 64]).latent_dist.mean for i in range(0, len(data), 64)])
+    scaling = 1.0 / float(latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    latents = latents.clone() * scaling
+
+    vocab_size = write_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    hidden = 64
+    text_encoder = _text_encoder(vocab_size, hidden)
+    unet = _unet(scale.size, scale.channels, hidden)
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    tokens = tokenizer(captions, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=MAX_TOKENS, return_tensors="pt").input_ids
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    optimiser = torch.optim.AdamW(parameters, lr=scale.learning_rate, weight_decay=1e-2)
+    warmup = max(1, scale.unet_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, scale.unet_steps) / scale.unet_steps)))
+    generator = torch.Generator().manual_seed(seed + 1)
+    unet.train()
+    text_encoder.train()
+    for step in range(scale.unet_steps):
+        index = torch.randint(len(latents), (scale.batch_size,), generator=generator)
+        ids = tokens[index].clone()
+        drop = torch.rand(len(index), generator=generator) < 0.1
+        ids[drop] = empty
+        clean = latents[index]
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(index),), generator=generator)
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
+        loss = torch.nn.functional.mse_loss(prediction, noise)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        schedule.step()
+        if step % 100 == 0 or step == scale.unet_steps - 1:
+            log.append({"stage": "unet", "step": step, "loss": loss.item()})
+    pipeline = StableDiffusionPipeline(
+        unet=unet.eval(), vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return {"log": log, "seconds": time.perf_counter() - started, "latent_scaling": scaling}
