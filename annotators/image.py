@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import io
 import os
+import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from annotators.files import DEFAULT_MAX_FILE_BYTES, FileRefusedError, read_regular_file
+
 __all__ = [
+    "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DecodedImage",
     "ImageError",
@@ -27,6 +34,7 @@ __all__ = [
     "encode_png",
     "hwc3",
     "load_image",
+    "read_image_file",
     "resize_image",
     "resized_size",
     "resize_short_side",
@@ -169,16 +177,152 @@ def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _decode_jpeg_fast(data: bytes, mode: str) -> np.ndarray | None:
-    """OpenCV's JPEG decoder, about 1.5x faster than Pillow's and bit-identical to it for 8-bit
-    RGB and gray baseline or progressive files (both use libjpeg-turbo's default, exact IDCT and
-    fancy upsampling). Only complete files (ending with the EOI marker) take this path: OpenCV
-    fills truncated files with gray instead of failing, so those go through Pillow, which refuses
-    them. Returns None when the fast path does not apply."""
-    if mode not in ("RGB", "L") or not data.endswith(b"\xff\xd9"):
-        return None
-    # Decoded straight to RGB by libjpeg-turbo: no channel swap pass over the full-size image.
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+T = TypeVar("T")
+
+# libjpeg recovers from damaged data (random bytes in the scan, a file cut short and closed with an
+# end marker) by filling the rest with grey, and says so only as a warning printed to stderr: the
+# first one of each decode. These are the warnings that mean the pixels are not the file's.
+_CORRUPT_JPEG_WARNINGS = (
+    b"Corrupt JPEG data",
+    b"Premature end of JPEG file",
+    b"Inconsistent progression sequence",
+    b"Invalid SOS parameters",
+)
+# Warnings that do not: padding before the end marker, written by some cameras, follows complete data.
+_HARMLESS_JPEG_WARNINGS = (b"extraneous bytes before marker 0xd9", b"unknown JFIF revision", b"Unknown Adobe color transform")
+_STDERR_LOCK = threading.Lock()
+_stderr_pipe: tuple[int, int, int] | None = None  # (process id, read end, write end)
+
+
+def _pipe() -> tuple[int, int]:
+    """A non-blocking pipe of this process (a forked worker makes its own: the parent's is shared)."""
+    global _stderr_pipe
+    if _stderr_pipe is None or _stderr_pipe[0] != os.getpid():
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        os.set_blocking(write_end, False)  # a full pipe drops text instead of blocking the decoder
+        _stderr_pipe = (os.getpid(), read_end, write_end)
+    return _stderr_pipe[1], _stderr_pipe[2]
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _with_libjpeg_warnings(call: Callable[[], T]) -> tuple[T, str | None]:
+    """``call()`` with file descriptor 2 sent to a pipe, and libjpeg's corruption warning, if any.
+    Anything else written meanwhile (by another thread) is passed on to the real stderr."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all: nothing to read the warnings from
+        return call(), None
+    with _STDERR_LOCK:
+        read_end, write_end = _pipe()
+        _drain(read_end)
+        sys.stderr.flush()
+        os.dup2(write_end, 2)
+        try:
+            result = call()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured = _drain(read_end)
+    corrupt = None
+    passed_on = []
+    for line in captured.splitlines(keepends=True):
+        if any(marker in line for marker in _CORRUPT_JPEG_WARNINGS) and not any(marker in line for marker in _HARMLESS_JPEG_WARNINGS):
+            corrupt = corrupt or line.decode("ascii", "replace").strip()
+        elif not any(marker in line for marker in _HARMLESS_JPEG_WARNINGS):
+            passed_on.append(line)
+    if passed_on:
+        os.write(2, b"".join(passed_on))
+    return result, corrupt
+
+
+def _decode_jpeg_checked(data: bytes, source: str | os.PathLike[str] | None, mode: str) -> np.ndarray | None:
+    """Decode a JPEG with OpenCV's libjpeg-turbo, refusing one that libjpeg finds corrupt.
+
+    For 8-bit RGB and gray files the pixels are returned: about 1.5x faster than Pillow and
+    bit-identical to it (both use libjpeg-turbo's default, exact IDCT and fancy upsampling). Other
+    modes (CMYK) are only checked, at 1/8 scale (the whole scan is still read), and None is returned
+    for Pillow to decode them: Pillow silences libjpeg's warnings, so it cannot tell."""
+    buffer = np.frombuffer(data, np.uint8)
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if mode in ("RGB", "L") else cv2.IMREAD_REDUCED_GRAYSCALE_8
+    pixels, corrupt = _with_libjpeg_warnings(lambda: cv2.imdecode(buffer, flags))
+    if corrupt is not None:
+        raise ImageError(source, f"corrupt or truncated image (libjpeg: {corrupt})")
+    return pixels if mode in ("RGB", "L") else None
+
+
+_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _decode_tiff_fallback(data: bytes, source: str | os.PathLike[str] | None, max_pixels: int) -> DecodedImage:
+    """TIFFs that Pillow cannot open (float32 RGB, the usual HDR and scientific layout), through
+    OpenCV's libtiff; the size is read from the header first (tifffile), so the pixel limit holds."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages.first
+            shape, orientation_tag = page.shape, page.tags.get(0x0112)
+    except Exception as err:  # tifffile raises many types for malformed headers
+        raise ImageError(source, f"corrupt TIFF ({type(err).__name__}: {err})") from None
+    height, width = shape[:2] if len(shape) < 3 or shape[-1] <= 4 else shape[-2:]
+    if width * height > max_pixels:
+        raise ImageError(source, f"image too large ({width}x{height} > {max_pixels} pixels)")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim not in (2, 3):
+        raise ImageError(source, "not an image, or an unsupported format")
+    if array.dtype.kind == "f":  # as for Pillow's float mode: 0..1 if it fits, else 0..255
+        top = 1.0 if np.nanmax(array, initial=0.0) <= 1.0 else 255.0
+        array = (np.nan_to_num(array).clip(0, top) * (255.0 / top)).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        top = float(np.iinfo(array.dtype).max) if array.dtype.kind in "ui" else 255.0
+        array = (array.astype(np.float64).clip(0, top) * (255.0 / top)).round().astype(np.uint8)
+    gray = array.ndim == 2 or array.shape[2] in (1, 2)
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA if array.shape[2] == 4 else cv2.COLOR_BGR2RGB) if array.shape[2] in (3, 4) else array[:, :, :1]
+    pixels = hwc3(array)
+    orientation = int(orientation_tag.value) if orientation_tag is not None else 1
+    return DecodedImage(_apply_orientation(pixels, orientation), "TIFF", False, gray)
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``, 89.5 MP) raised to
+    ``max_pixels`` while opening, so that a larger limit asked for is a larger limit."""
+    if Image.MAX_IMAGE_PIXELS is None or max_pixels <= Image.MAX_IMAGE_PIXELS:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image_file(path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of an image file: a regular file of at most ``max_bytes`` (see
+    :func:`annotators.files.read_regular_file`); :class:`ImageError` otherwise."""
+    try:
+        return read_regular_file(path, max_bytes)
+    except FileRefusedError as err:
+        raise ImageError(path, err.reason) from None
 
 
 def decode_image_info(
@@ -190,16 +334,14 @@ def decode_image_info(
     """:func:`decode_image`, also telling the format and whether the file could be used as is."""
     if not isinstance(data, bytes):
         source = data if source is None else source
-        try:
-            data = Path(data).read_bytes()
-        except OSError as err:
-            raise ImageError(source, f"cannot read file ({err.strerror or err})") from None
+        data = read_image_file(data)
     if not data:
         raise ImageError(source, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            with _pillow_pixel_limit(max_pixels):
+                img = Image.open(io.BytesIO(data))
             if img.format not in SUPPORTED_FORMATS:
                 raise ImageError(source, f"unsupported image format {img.format}")
             width, height = img.size
@@ -209,10 +351,10 @@ def decode_image_info(
             orientation = int(exif.get(0x0112, 1)) if exif else 1
             plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
             gray = img.mode in GRAY_MODES
-            if img.format == "JPEG":
-                fast = _decode_jpeg_fast(data, img.mode)
-                if fast is not None and fast.shape[:2] == (height, width):
-                    return DecodedImage(_apply_orientation(fast, orientation), img.format, plain, gray)
+            if img.format in ("JPEG", "MPO"):
+                checked = _decode_jpeg_checked(data, source, img.mode)
+                if img.format == "JPEG" and checked is not None and checked.shape[:2] == (height, width):
+                    return DecodedImage(_apply_orientation(checked, orientation), img.format, plain, gray)
             fmt = img.format
             img.seek(0)  # first frame of animations
             img = ImageOps.exif_transpose(img) if exif else img
@@ -221,6 +363,8 @@ def decode_image_info(
     except ImageError:
         raise
     except UnidentifiedImageError:
+        if data.startswith(_TIFF_SIGNATURES):
+            return _decode_tiff_fallback(data, source, max_pixels)
         raise ImageError(source, "not an image, or an unsupported format") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(source, f"image too large ({err})") from None

@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -146,21 +147,48 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a flat ``{key: tensor}`` dict; pickles load with ``weights_only=True``.
 
     Wrappers used by the published files (``state_dict``, ``model``) are not unwrapped here; that is
-    part of each annotator's key-remap function.
+    part of each annotator's key-remap function. A file that does not load raises ``ValueError``
+    with one line naming it; a pickle holding anything but tensors is refused, and the message never
+    suggests loading it unsafely.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError (a damaged header), OSError, torch's dtype errors
+            raise ValueError(f"{path.name}: cannot load checkpoint (not a valid safetensors file: {_one_line(err)})") from None
+    import pickle
+
     import torch
 
     try:
         with warnings.catch_warnings():  # torch's note on a pickle protocol it does not write: not the user's concern
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe pickles
-        raise ValueError(f"{path}: cannot load checkpoint ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"WeightsUnpickler error:(.*?)(?:Please use|Check the documentation|$)", text, re.DOTALL)
+        detail = " ".join(found.group(1).split()) if found else _one_line(err)
+        if "Unsupported global" not in text:  # not a refusal of code: a damaged file, or not a checkpoint
+            raise ValueError(f"{path.name}: cannot load checkpoint (damaged, or not a PyTorch checkpoint: {detail or 'UnpicklingError'})") from None
+        raise ValueError(
+            f"{path.name}: cannot load checkpoint: it holds Python objects, not only tensors ({detail}), which are never unpickled; "
+            "convert it to safetensors where it was made"
+        ) from None
+    except Exception as err:  # torch raises several types for damaged files
+        raise ValueError(f"{path.name}: cannot load checkpoint ({type(err).__name__}: {_one_line(err)})") from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error, without terminal colours or advice to load a file unsafely."""
+    text = _ANSI.sub("", str(err)).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    sentences = [s for s in re.split(r"(?<=\.) ", text) if "weights_only" not in s]
+    return " ".join(sentences)[:300] or type(err).__name__
 
 
 def load_strict(

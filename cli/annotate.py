@@ -13,11 +13,15 @@ command line as the built-in annotators.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import logging
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -35,6 +39,48 @@ from cli.options import Command, Group, config_parameters, given_values
 from controlnet.dataset.sources import IMAGE_SUFFIXES
 
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, a batch scheduler, ``kill``): handled like Ctrl-C, so the
+    builder keeps the rows in hand as a finished shard."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _NoticeHandler(logging.Handler):
+    """The builder's notices (a shard rebuilt, a worker replaced) as one warning line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(f"[yellow]warning:[/] {record.getMessage()}", soft_wrap=True, markup=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _builder_notices() -> Iterator[None]:
+    logger = logging.getLogger("controlnet.dataset")
+    handler = _NoticeHandler(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _parse_setting(setting: str, names: list[str]) -> tuple[str, str, str]:
@@ -183,13 +229,14 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
             last_refresh = now
 
     try:
-        with progress:
+        with _sigterm_interrupts(), _builder_notices(), progress:
             result = build(config, report)
     except (BuildError, SourceError) as err:
         fail(str(err), EXIT_USAGE)
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted:[/] finished rows are kept in {output}; run the same command again to continue")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as err:
+        how = "terminated" if isinstance(err, Terminated) else "interrupted"
+        err_console.print(f"[yellow]{how}:[/] finished rows are kept in {output}; run the same command again to continue")
+        raise typer.Exit(EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED) from None
 
     summary = Table(title=f"dataset {output}", show_header=False)
     summary.add_column(style="bold")
@@ -200,8 +247,11 @@ def _build_dataset(names: list[str], chosen: list[annotators.Annotator], input_s
     summary.add_row("time", f"{result.seconds:.1f} s, {result.images_per_second:.1f} images/s")
     if config.engine == "ray":
         summary.add_row("engine", f"ray, {result.nodes} node{'s' if result.nodes != 1 else ''}")
-    summary.add_row("load with", f'datasets.load_dataset("{output}", split="train")')
+    if result.rows:
+        summary.add_row("load with", f'datasets.load_dataset("{output}", split="train")')
     Console().print(summary)
+    if not result.rows:
+        err_console.print("[yellow]no rows:[/] every input was skipped, so there is no dataset to load yet; the reasons are in skipped.jsonl")
     if preview is not None:
         try:
             drawn = contact_sheet(output, preview)

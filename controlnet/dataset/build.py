@@ -8,12 +8,18 @@ The parts, one job each: :mod:`~controlnet.dataset.config` (what to build and it
 :mod:`~controlnet.dataset.engines.local` (the worker pool) or :mod:`~controlnet.dataset.engines.ray`
 (a Ray cluster, ``engine="ray"``), :mod:`~controlnet.dataset.shards`
 (atomic shards and the skip log), :mod:`~controlnet.dataset.resume` (identity check and what is
-done) and :mod:`~controlnet.dataset.card`. This module runs them in order.
+done), :mod:`~controlnet.dataset.lock` (one build per folder) and :mod:`~controlnet.dataset.card`.
+This module runs them in order. What survives which failure is in docs/reliability.md.
+
+Notices that do not stop a build (a shard deleted because it did not read, a worker process that
+died) go to the ``controlnet.dataset`` logger at WARNING level.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,8 +32,9 @@ from controlnet.dataset import card
 from controlnet.dataset.config import BuildConfig, BuildError, default_workers
 from controlnet.dataset.engines import local
 from controlnet.dataset.layout import SKIPPED_FILE, Layout, shard_index, shard_paths
-from controlnet.dataset.pipeline import AnnotatorLoadError, Skip, skip_kind
-from controlnet.dataset.resume import PREVIEW_ROWS, finished_state, prepare_output
+from controlnet.dataset.lock import OutputLock
+from controlnet.dataset.pipeline import AnnotatorLoadError, Row, Skip, skip_kind
+from controlnet.dataset.resume import PREVIEW_ROWS, check_output, finished_state, prepare_output
 from controlnet.dataset.shards import ShardWriter, SkipLog
 from controlnet.dataset.sources import Source, SourceItem, open_source
 
@@ -87,13 +94,23 @@ def weights_identity(config: BuildConfig) -> dict[str, Any]:
     return found
 
 
+def _write_failure(output: Path, err: OSError) -> BuildError:
+    """A write that failed, as one line: what is kept, and what to do."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BuildError(
+            f"no space left on the device of {output}: the finished shards are kept and the open one is discarded; "
+            "free some space and run the same command again to continue"
+        )
+    return BuildError(f"cannot write to {output} ({err.strerror or err}); the finished shards are kept")
+
+
 def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None = None, source: Source | None = None) -> BuildResult:
     """Build (or resume) the dataset described by ``config``.
 
     ``progress`` is called once before the first image and after each chunk (each shard with the
-    Ray engine). Raises
-    :class:`BuildError` for an output folder that cannot be used or an annotator that cannot load,
-    and :class:`controlnet.dataset.sources.SourceError` for an input that cannot be read. On Ctrl-C
+    Ray engine). Raises :class:`BuildError` for an output folder that cannot be used (in use by
+    another build, not writable, full) or an annotator that cannot load, and
+    :class:`controlnet.dataset.sources.SourceError` for an input that cannot be read. On Ctrl-C
     the rows already annotated are written as a finished shard before ``KeyboardInterrupt`` propagates
     (with the Ray engine, the shards its tasks finished are kept).
     """
@@ -111,19 +128,29 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             split=config.split,
             exclude=output,
             revision=config.revision,
+            max_file_bytes=config.max_file_bytes,
         )
-    layout = config.layout()
     identity = config.identity(source, weights_identity(config))
+    check_output(output)
+    with OutputLock(output):
+        try:
+            return _build_locked(config, source, identity, progress)
+        except OSError as err:
+            raise _write_failure(output, err) from None
+
+
+def _build_locked(config: BuildConfig, source: Source, identity: dict[str, Any], progress: Callable[[BuildProgress], None] | None) -> BuildResult:
+    output = config.output
+    layout = config.layout()
     license = config.license or card.previous_license(output)  # a resumed run keeps the licence given before
     prepare_output(output, identity, config.overwrite)
 
     finished = finished_state(output, layout)
     skip_log = SkipLog(output / SKIPPED_FILE)
     done = finished.done | skip_log.keys()
-    kinds = skip_log.kinds()
     skipped_before = len(skip_log.records)
-    tallies = finished.tallies
     state = BuildProgress(total=len(source), done_before=len(done))
+    record = _Record(skip_log, skip_log.kinds(), state, finished.tallies, finished.preview, layout, committed=finished.rows)
     versions = card.package_versions(with_torch=any(a.weights is not None for a in config.instances()))
 
     def write_card() -> None:
@@ -132,11 +159,11 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
             card.CardInfo(
                 identity=identity,
                 layout=layout,
-                rows=finished.rows + state.rows,
-                skip_kinds=dict(kinds),
-                tallies=tallies,
+                rows=record.committed,
+                skip_kinds=dict(record.kinds),
+                tallies=record.tallies,
                 filters=config.filters,
-                preview=finished.preview,
+                preview=record.preview,
                 versions=versions,
                 data_bytes=sum(shard.stat().st_size for shard in shard_paths(output)),
                 license=license,
@@ -147,51 +174,89 @@ def build(config: BuildConfig, progress: Callable[[BuildProgress], None] | None 
     if progress is not None:
         progress(state)
     started = time.perf_counter()
-    record = _Record(skip_log, kinds, state, tallies, finished.preview, layout)
     try:
         if config.engine == "ray":
             _run_ray(config, source, done, record, write_card, progress)
         else:
             _run_local(config, (item for item in source if item.file_name not in done), finished.next_index, record, write_card, progress)
-    except AnnotatorLoadError as err:  # a fault of the set-up: one line, not a traceback
-        raise BuildError(str(err)) from None
-    finally:
+    except BaseException as err:
         skip_log.close()
-        write_card()
+        with contextlib.suppress(OSError):  # the card of the last finished shard stays: it claims no row that is not there
+            write_card()
+        if isinstance(err, AnnotatorLoadError):  # a fault of the set-up: one line, not a traceback
+            raise BuildError(str(err)) from None
+        raise
+    skip_log.close()
+    write_card()
     return BuildResult(
         output=output,
-        rows=finished.rows + state.rows,
+        rows=record.committed,
         skipped=skipped_before + state.skipped,
-        rows_added=state.rows,
+        rows_added=record.committed - finished.rows,
         skipped_added=state.skipped,
         seconds=time.perf_counter() - started,
-        skip_kinds=dict(kinds),
+        skip_kinds=dict(record.kinds),
         nodes=max(1, len(record.nodes)),
     )
 
 
 @dataclass
 class _Record:
-    """What this run adds, as it comes: skips go to the log at once, rows' statistics to the card."""
+    """What this run adds, as it comes: skips go to the log at once; the card counts committed rows
+    only, so the statistics of rows in the open shard wait for its rename."""
 
     skip_log: SkipLog
     kinds: Counter[str]
     state: BuildProgress
-    tallies: dict[str, Counter[str]]
-    preview: list[dict[str, Any]]
+    tallies: dict[str, Counter[str]]  # of committed rows
+    preview: list[dict[str, Any]]  # of committed rows
     layout: Layout
+    committed: int  # rows in finished shards, all runs together
     nodes: set[str] = field(default_factory=set)  # Ray nodes that did the work
+    open_tallies: dict[str, Counter[str]] = field(default_factory=dict)
+    open_preview: list[dict[str, Any]] = field(default_factory=list)
 
     def skip(self, skip: Skip) -> None:
         self.skip_log.add(skip)
         self.kinds[skip.kind] += 1
         self.state.skipped += 1
 
-    def rows(self, count: int, tallies: list[Counter[str]], preview: list[dict[str, Any]]) -> None:
-        self.state.rows += count
+    def row(self, row: Row) -> None:
+        """A row handed to the open shard."""
+        self.state.rows += 1
+        for column, tally in zip(self.layout.data_columns, row.tallies):
+            self.open_tallies.setdefault(column.name, Counter()).update(tally)
+        if len(self.preview) + len(self.open_preview) < PREVIEW_ROWS:
+            self.open_preview.append(_preview(row))
+
+    def reject(self, row: Row, reason: str) -> None:
+        """A row the writer could not store becomes a skip, and leaves the statistics."""
+        self.state.rows -= 1
+        for column, tally in zip(self.layout.data_columns, row.tallies):
+            self.open_tallies[column.name] -= tally  # keeps positive counts only, as if the row had not come
+        self.open_preview[:] = [shown for shown in self.open_preview if shown["file_name"] != row.file_name]
+        self.skip(Skip(row.file_name, None, reason))
+
+    def commit(self, rows: int) -> None:
+        """The open shard was renamed into place with ``rows`` rows."""
+        self.committed += rows
+        for name, tally in self.open_tallies.items():
+            self.tallies[name].update(tally)
+        self.open_tallies.clear()
+        self.preview.extend(self.open_preview[: max(0, PREVIEW_ROWS - len(self.preview))])
+        self.open_preview.clear()
+
+    def shard(self, rows: int, tallies: list[Counter[str]], preview: list[dict[str, Any]]) -> None:
+        """A shard that another process wrote and committed (the Ray engine's tasks)."""
+        self.state.rows += rows
+        self.committed += rows
         for column, tally in zip(self.layout.data_columns, tallies):
             self.tallies[column.name].update(tally)
         self.preview.extend(preview[: max(0, PREVIEW_ROWS - len(self.preview))])
+
+
+def _preview(row: Row) -> dict[str, Any]:
+    return {"file_name": row.file_name, "text": row.caption, "width": row.width, "height": row.height}
 
 
 def _run_local(
@@ -203,28 +268,45 @@ def _run_local(
     progress: Callable[[BuildProgress], None] | None,
 ) -> None:
     """The local engine's rows, written here in input order, in shards of ``shard_size`` rows."""
-    writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=write_card)
+    committed_before = 0
+
+    def take_rejected() -> None:
+        for row, reason in writer.rejected:
+            record.reject(row, reason)
+        writer.rejected.clear()
+
+    def on_shard() -> None:
+        nonlocal committed_before
+        take_rejected()
+        record.commit(writer.rows_committed - committed_before)
+        committed_before = writer.rows_committed
+        write_card()
+
+    writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=on_shard)
     state = record.state
     if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
         config = dataclasses.replace(config, workers=1)
     try:
-        for results in local.run(config, pending):
-            for result in results:
-                if isinstance(result, Skip):
-                    record.skip(result)
-                    continue
-                writer.add(result)
-                preview = [{"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height}] if len(record.preview) < PREVIEW_ROWS else []
-                record.rows(1, result.tallies, preview)
-            if progress is not None:
-                progress(state)
+        with contextlib.closing(local.run(config, pending)) as chunks:  # closed first on an error: the workers stop at once
+            for results in chunks:
+                for result in results:
+                    if isinstance(result, Skip):
+                        record.skip(result)
+                        continue
+                    record.row(result)
+                    writer.add(result)
+                    take_rejected()
+                if progress is not None:
+                    progress(state)
+        writer.close()
+        take_rejected()
     except BaseException:  # Ctrl-C included: the buffered rows are complete, so keep them if we can
         try:
-            writer.close()
+            writer.close()  # after a failed write (a full disk), this deletes the open shard instead
         except Exception:
             writer.abort()
+        take_rejected()
         raise
-    writer.close()
 
 
 def _run_ray(
@@ -243,10 +325,8 @@ def _run_ray(
     for summary in ray_engine.run(config, pending, taken):
         for skip in summary.skips:
             record.skip(skip)
-        record.rows(summary.rows, summary.tallies, summary.preview)
+        record.shard(summary.rows, summary.tallies, summary.preview)
         record.nodes |= summary.nodes
         write_card()
         if progress is not None:
             progress(record.state)
-
-

@@ -5,15 +5,21 @@ task categories, tags, size, the ``configs`` the Hub's viewer and ``load_dataset
 features. Its body records the source (by name, or Hub id and commit: never a local path), how the
 dataset was made (annotators with their parameters, weights, weights licences and versions; package
 versions), how many images it holds and how many were skipped, and a few preview rows.
+
+Text that comes from the inputs (captions, file names, folder names, the prompt, parameter values)
+is shown bounded (:data:`CELL_CHARS`) and escaped: control characters (ESC, NUL) as ``\\xNN``, HTML
+as entities, so that a hostile caption can neither bloat the card nor script the Hub's page.
 """
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
 import platform
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
@@ -64,8 +70,28 @@ def _size_category(rows: int) -> str:
     return "n>1M"
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+#: characters of input text shown in one place of the card; longer text is cut with an ellipsis
+CELL_CHARS = 200
+# Bidirectional overrides reorder the text around them (the "Trojan source" trick): shown escaped.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(char: str) -> str:
+    if char in "\n\r\t":
+        return " "
+    if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def _cell(value: Any, limit: int = CELL_CHARS) -> str:
+    """Input text made safe for a Markdown table cell (or line) of the card: bounded, control
+    characters escaped, HTML escaped, table pipes escaped."""
+    text = str(value)
+    cut = len(text) > limit
+    text = "".join(_visible(char) for char in text[:limit]) + ("…" if cut else "")
+    return html.escape(text, quote=False).replace("|", "\\|")
 
 
 def _yaml_features(layout: Layout) -> list[dict[str, Any]]:
@@ -91,9 +117,9 @@ def source_description(source: dict[str, Any]) -> str:
         revision = f" at commit `{source['revision']}`" if source.get("revision") else " (revision unknown: built offline)"
         where = f"the Hub dataset [`{hub_id}`](https://huggingface.co/datasets/{hub_id}){revision}"
     elif kind == "dataset":
-        where = f"the local dataset `{source.get('name')}`"
+        where = f"the local dataset `{_cell(source.get('name'))}`"
     else:
-        where = {"folder": "the image folder `{}`", "list": "the images listed in `{}`", "image": "the image `{}`"}.get(str(kind), "`{}`").format(source.get("name"))
+        where = {"folder": "the image folder `{}`", "list": "the images listed in `{}`", "image": "the image `{}`"}.get(str(kind), "`{}`").format(_cell(source.get("name")))
     if kind == "dataset":
         where += f", split `{source.get('split')}`, column `{source.get('image_column')}`"
         if source.get("caption_column"):
@@ -210,12 +236,15 @@ def render_card(info: CardInfo, dataset_id: str = "path/to/dataset") -> str:
         "|---|---|---|---|---|",
     ]
     rows = _annotator_rows(info)
-    lines += [f"| `{name}` | {_cell(shown)} | {_cell(weights)} | {_cell(licence)} | {_cell(package)} |" for name, shown, weights, licence, package in rows]
+    lines += [
+        f"| `{name}` | {_cell(shown, limit=4 * CELL_CHARS)} | {_cell(weights)} | {_cell(licence)} | {_cell(package)} |"
+        for name, shown, weights, licence, package in rows
+    ]
     lines += [
         "",
         f"- Source: {source_description(info.identity.get('input', {}))}",
         f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
-        f"- Default prompt: {info.identity.get('prompt')!r}",
+        f"- Default prompt: \"{_cell(info.identity.get('prompt'))}\"",
     ]
     for column in info.layout.data_columns:
         for config in info.filters:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import annotators
 from annotators.base import Annotator, AnnotatorConfig, param
+from annotators.files import DEFAULT_MAX_FILE_BYTES
 from annotators.image import DEFAULT_MAX_PIXELS, IMAGE_ENCODINGS
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import DEFAULT_PROMPT
@@ -72,6 +73,7 @@ class BuildConfig:
     batch_size: int | None = param(None, "images per task (default: the annotators' preferred batch, else 8)", ge=1, runtime=True)
     shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
+    max_file_bytes: int = param(DEFAULT_MAX_FILE_BYTES, "larger input files (images, caption and metadata files) are skipped or refused", ge=1)
     image_format: str = param(
         "auto",
         "format of re-encoded images (resized, rotated, not JPEG/PNG/WebP); auto: JPEG for JPEG "
@@ -93,6 +95,10 @@ class BuildConfig:
         ids = [name for name, _ in self.annotators]
         if len(set(ids)) != len(ids):
             raise ValueError(f"an annotator is named twice: {', '.join(ids)}")
+        try:
+            self.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of a command line that are not UTF-8 reach Python as lone surrogates
+            raise ValueError("the prompt is not valid UTF-8 text") from None
         for f in dataclasses.fields(self):
             meta = f.metadata
             value = getattr(self, f.name)
@@ -135,6 +141,7 @@ class BuildConfig:
                 "resolution": None if self.keep_size else self.resolution,
                 "prompt": self.prompt,
                 "max_pixels": self.max_pixels,
+                "max_file_bytes": self.max_file_bytes,
                 "image_format": self.image_format,
                 "jpeg_quality": self.jpeg_quality,
                 "input": source.identity,

@@ -83,10 +83,16 @@ def push_dataset(output: Path, repo_id: str, *, private: bool = False) -> str:
         LocalTokenNotFoundError,
         OfflineModeIsEnabled,
     )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from controlnet.dataset.card import set_repo_id
     from controlnet.dataset.layout import BUILD_FILE, CARD_FILE, shard_paths
 
+    try:  # checked here: the Hub client would report a bad id only as a failed request
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        reason = str(err).splitlines()[0][:300]
+        raise HubError(f"{repo_id!r} is not a valid repository id ({reason})") from None
     if not (output / BUILD_FILE).is_file() or not shard_paths(output):
         raise HubError(f"{output} is not a built dataset (no {BUILD_FILE} or no data/train-*.parquet)")
     leaking = local_path_files(output)

@@ -7,6 +7,7 @@ reads::
     OUT/data/train-00000.parquet    shards of rows, image bytes embedded
     OUT/build.json                  the build's identity, compared when the command is run again
     OUT/skipped.jsonl               one record per input that was skipped, with its reason
+    OUT/.cn-annotate.lock           held by the build running in the folder (see lock.py)
 
 Columns: ``image`` and ``conditioning_image`` (the defaults of diffusers' ``train_controlnet.py``),
 ``text``, ``file_name`` (relative to the input), ``annotator``, ``width`` and ``height``. With
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILD_FILE",
     "DATA_DIR",
+    "LOCK_FILE",
     "SKIPPED_FILE",
     "DataColumn",
     "Layout",
@@ -40,6 +42,7 @@ __all__ = [
 BUILD_FILE = "build.json"
 SKIPPED_FILE = "skipped.jsonl"
 CARD_FILE = "README.md"
+LOCK_FILE = ".cn-annotate.lock"
 DATA_DIR = "data"
 SHARD_PREFIX = "train-"
 #: what a build writes into OUT_DIR (and ``--overwrite`` may remove)

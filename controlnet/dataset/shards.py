@@ -1,23 +1,46 @@
 """Writing rows: atomic Parquet shards, and the skip log.
 
-A shard is written as a hidden temporary file in row groups and renamed into place once it holds
-``shard_size`` rows (or at the end), after it is flushed to disk; only renamed shards count as
-finished. Skipped inputs go to ``skipped.jsonl``, one flushed line each.
+A shard is written as a hidden temporary file in row groups. It is renamed into place once it holds
+``shard_size`` rows (or at the end), and only after it is closed, flushed to disk and read back
+(its footer and row count); the folder is then flushed too, so the rename survives a power cut. A
+write that fails (a full disk) leaves the writer failed: the open shard is deleted, never renamed,
+and its rows are built again by the next run. Only renamed shards count as finished.
+
+A row whose values Arrow cannot store (found when its row group is converted) is handed back in
+:attr:`ShardWriter.rejected` instead of failing the row group, so one bad row costs only itself.
+Skipped inputs go to ``skipped.jsonl``, one line written and flushed per record.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from controlnet.dataset.layout import DATA_DIR, Layout, shard_name
 from controlnet.dataset.pipeline import Row, Skip, skip_kind
 
-__all__ = ["ShardWriter", "SkipLog"]
+__all__ = ["ShardWriter", "SkipLog", "fsync_folder"]
+
+log = logging.getLogger("controlnet.dataset")
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems cannot sync a folder; the rename itself is still atomic
+        pass
+    finally:
+        os.close(fd)
 
 
 class ShardWriter:
@@ -37,7 +60,11 @@ class ShardWriter:
         self.buffer: list[Row] = []
         self.buffered_bytes = 0
         self.rows_in_shard = 0
+        self.rows_committed = 0  # rows in the shards this writer renamed into place
+        self.handle: BinaryIO | None = None
         self.writer: Any = None
+        self.failed = False  # a write of the open shard failed: it is never committed
+        self.rejected: list[tuple[Row, str]] = []  # rows that cannot be stored, with the reason
 
     def _tmp_path(self) -> Path:
         return self.data_dir / f".{shard_name(self.index)}.tmp"
@@ -51,13 +78,9 @@ class ShardWriter:
         if self.rows_in_shard >= self.shard_size:
             self._finish_shard()
 
-    def _flush(self) -> None:
+    def _table(self, rows: list[Row]) -> Any:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        if not self.buffer:
-            return
-        rows, self.buffer, self.buffered_bytes = self.buffer, [], 0
         file_names = [r.file_name for r in rows]
 
         def image_column(data: list[bytes], paths: list[str] | None) -> Any:
@@ -76,49 +99,111 @@ class ShardWriter:
         columns["height"] = [r.height for r in rows]
         for position, column in enumerate(self.layout.data_columns):
             columns[column.name] = column.kind.arrow_array([r.data[position] for r in rows])
-        table = pa.Table.from_pydict(columns, schema=self.schema)
-        if self.writer is None:
-            # The encoded images neither compress nor repeat: no compression, dictionary or statistics for them.
-            small = ["text", "file_name", "annotator", "width", "height"]
-            self.writer = pq.ParquetWriter(
-                self._tmp_path(),
-                self.schema,
-                compression={name: "snappy" for name in small + [c.name for c in self.layout.data_columns]},
-                use_dictionary=["text", "file_name", "annotator"],
-                write_statistics=small,
-            )
-        self.writer.write_table(table)
-        self.rows_in_shard += len(rows)
+        return pa.Table.from_pydict(columns, schema=self.schema)
+
+    def _storable(self, rows: list[Row]) -> Any:
+        """The table of ``rows``; rows that cannot be converted are moved to :attr:`rejected`."""
+        try:
+            return self._table(rows)
+        except Exception:  # Arrow raises several types (ArrowInvalid, UnicodeEncodeError, TypeError, OverflowError)
+            pass
+        kept = []
+        for row in rows:  # only after a failure: find the rows at fault, keep the others
+            try:
+                self._table([row])
+            except Exception as err:
+                message = " ".join(str(err).split())[:200]
+                self.rejected.append((row, f"unexpected error (row cannot be stored: {type(err).__name__}: {message})"))
+            else:
+                kept.append(row)
+        return self._table(kept) if kept else None
+
+    def _flush(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.buffer or self.failed:
+            return
+        rows, self.buffer, self.buffered_bytes = self.buffer, [], 0
+        table = self._storable(rows)
+        if table is None:
+            return
+        try:
+            if self.writer is None:
+                # A file object of ours: the shard's bytes go through Python's os-level writes, so a
+                # full disk surfaces as OSError (ENOSPC) here, and the file can be synced before the rename.
+                self.handle = open(self._tmp_path(), "wb")  # noqa: SIM115 (closed in _finish_shard or abort)
+                # The encoded images neither compress nor repeat: no compression, dictionary or statistics for them.
+                small = ["text", "file_name", "annotator", "width", "height"]
+                self.writer = pq.ParquetWriter(
+                    self.handle,
+                    self.schema,
+                    compression={name: "snappy" for name in small + [c.name for c in self.layout.data_columns]},
+                    use_dictionary=["text", "file_name", "annotator"],
+                    write_statistics=small,
+                )
+            self.writer.write_table(table)
+        except BaseException:
+            self.failed = True
+            raise
+        self.rows_in_shard += table.num_rows
 
     def _finish_shard(self) -> None:
+        import pyarrow.parquet as pq
+
         self._flush()
-        if self.writer is None:
+        if self.writer is None or self.failed:
             return
-        self.writer.close()
-        self.writer = None
         tmp = self._tmp_path()
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.data_dir / shard_name(self.index))
+        try:
+            self.writer.close()
+            self.writer = None
+            assert self.handle is not None
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
+            rows = pq.read_metadata(tmp).num_rows  # the footer is the last thing written: it reads, so the rest was written
+            if rows != self.rows_in_shard:
+                raise OSError(f"{tmp.name} holds {rows} rows instead of {self.rows_in_shard} once written")
+            os.replace(tmp, self.data_dir / shard_name(self.index))
+        except BaseException:
+            self.failed = True
+            raise
+        fsync_folder(self.data_dir)
         self.index += 1
+        self.rows_committed += self.rows_in_shard
         self.rows_in_shard = 0
         if self.on_shard is not None:
             self.on_shard()
 
     def close(self) -> None:
-        """Finish the open shard: every row in it is complete."""
-        self._finish_shard()
+        """Finish the open shard: every row in it is complete. After a failed write, delete it instead."""
+        if self.failed:
+            self.abort()
+        else:
+            self._finish_shard()
 
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
-        self._tmp_path().unlink(missing_ok=True)
+        """Delete the open shard (its rows are built again by the next run)."""
+        self.failed = True
+        self.buffer, self.buffered_bytes = [], 0
+        for release in (self.writer, self.handle):
+            if release is not None:
+                try:
+                    release.close()
+                except Exception:  # it is being thrown away; a full disk may refuse its last bytes
+                    pass
+        self.writer = self.handle = None
+        try:
+            self._tmp_path().unlink(missing_ok=True)
+        except OSError:
+            pass  # removed by the next run, which clears temporary shards before it starts
 
 
 class SkipLog:
     """``skipped.jsonl``: appended and flushed per record. A line cut short by a crash is dropped
-    when the log is opened again, so that input is simply retried."""
+    when the log is opened again, so that input is simply retried; so is a line that does not
+    read as a record (a damaged file), with a notice."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,9 +213,17 @@ class SkipLog:
             complete = raw[: raw.rfind(b"\n") + 1]
             if len(complete) != len(raw):
                 path.write_bytes(complete)
-            for line in complete.decode("utf-8").splitlines():
-                if line.strip():
-                    self.records.append(json.loads(line))
+            for number, line in enumerate(complete.split(b"\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                    if not isinstance(record, dict) or not isinstance(record.get("file_name"), str) or not isinstance(record.get("reason"), str):
+                        raise ValueError("not a skip record")
+                except (ValueError, RecursionError):  # json's errors are ValueErrors
+                    log.warning("%s line %d is not a skip record and is ignored: that input is tried again", path.name, number)
+                    continue
+                self.records.append(record)
         self.handle = path.open("a", encoding="utf-8")
 
     def keys(self) -> set[str]:
@@ -145,4 +238,7 @@ class SkipLog:
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError:  # what a full disk did not take is simply tried again next time
+            pass

@@ -13,6 +13,14 @@ folder plus its own name.
 Captions, in order of precedence: a sidecar ``name.txt`` next to the image; ``metadata.jsonl`` or
 ``metadata.csv`` with ``file_name`` and ``text`` (the ``imagefolder`` convention, searched in the
 image's folder and its parents up to the input); the dataset's caption column; the default prompt.
+
+Hostile or broken inputs (see docs/reliability.md): hidden files and folders (names starting with a
+dot) are not searched. A file name that is not valid UTF-8 is kept, with its undecodable bytes
+written as ``\\xNN``. A caption that cannot be used for one image (a sidecar that is not UTF-8 text
+or not a regular file, a caption that is a JSON object or list) makes that image a skip with the
+reason, through :attr:`SourceItem.error`; a metadata file that cannot be parsed (a line that is not
+JSON, nested too deeply, a malformed CSV row) refuses the build with its line number, since the
+images it was meant to caption cannot be told apart.
 """
 
 from __future__ import annotations
@@ -20,13 +28,15 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from annotators.files import DEFAULT_MAX_FILE_BYTES, FileRefusedError, read_regular_file
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -55,12 +65,14 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One input image: either a file to read or the encoded bytes of a dataset row."""
+    """One input image: either a file to read or the encoded bytes of a dataset row. ``error`` is
+    set for an input known to be unusable before it is read (its caption cannot be used)."""
 
     file_name: str
     caption: str
     path: str | None = None
     data: bytes | None = None
+    error: str | None = None
 
 
 class Source:
@@ -75,29 +87,115 @@ class Source:
         raise NotImplementedError
 
 
-def _read_sidecar(path: Path) -> str | None:
+def storable_name(name: str) -> str:
+    """``name`` as valid UTF-8 text: undecodable bytes of a file name (which Python holds as lone
+    surrogates) are written as ``\\xNN``, so that Arrow and JSON can store the name."""
     try:
-        return path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    return name
+
+
+class CaptionError(ValueError):
+    """A caption that cannot be used for its image; the image is skipped with this reason."""
+
+
+def caption_text(value: Any, where: str) -> str | None:
+    """A caption value read from JSON, CSV or a dataset as text: strings as they are, numbers
+    written out, None for no caption; a list, an object or text that is not valid Unicode raise
+    :class:`CaptionError` (their repr would train on Python syntax)."""
+    if value is None:
         return None
-
-
-def _parse_metadata(lines: Iterable[str], jsonl: bool) -> dict[str, str]:
-    """``file_name -> text`` from the lines of an imagefolder metadata file (other columns are ignored)."""
-    rows: Any = (json.loads(line) for line in lines if line.strip()) if jsonl else csv.DictReader(lines)
-    captions: dict[str, str] = {}
-    for row in rows:
-        if isinstance(row, dict) and row.get("file_name") and row.get("text") is not None:
-            captions[str(row["file_name"]).replace("\\", "/")] = str(row["text"])
-    return captions
-
-
-def _read_metadata(path: Path) -> dict[str, str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        kind = {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), type(value).__name__)
+        raise CaptionError(f"caption in {where} is {kind}, not text")
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            return _parse_metadata(handle, path.suffix == ".jsonl")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as err:
-        raise SourceError(f"{path}: cannot read captions ({err})") from None
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # e.g. a lone "\\ud800" escape in JSON
+        raise CaptionError(f"caption in {where} is not valid Unicode text") from None
+    return value
+
+
+def _read_sidecar(path: Path, max_bytes: int) -> str:
+    """The caption in a sidecar ``.txt`` (a UTF-8 BOM is dropped); :class:`CaptionError` if unusable."""
+    try:
+        raw = read_regular_file(path, max_bytes)
+    except FileRefusedError as err:
+        raise CaptionError(f"caption sidecar {path.name}: {err.reason}") from None
+    try:
+        return raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as err:
+        raise CaptionError(f"caption sidecar {path.name} is not UTF-8 text (byte {err.start})") from None
+
+
+#: ``file_name -> caption``, or the reason the caption cannot be used
+Captions = dict[str, "str | CaptionError"]
+
+
+def _jsonl_rows(path: Path, raw: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` of a JSON Lines file; a line that is not a JSON object refuses the file."""
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise SourceError(f"{path}: line {number} is not UTF-8 text (byte {err.start})") from None
+        except json.JSONDecodeError as err:
+            raise SourceError(f"{path}: line {number} is not valid JSON ({err.msg}, column {err.colno})") from None
+        except RecursionError:
+            raise SourceError(f"{path}: line {number} is nested too deeply") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{path}: line {number} is not a JSON object")
+        yield number, row
+
+
+def _csv_rows(path: Path, raw: bytes, max_bytes: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise SourceError(f"{path}: line {line} is not UTF-8 text") from None
+    # The csv module's own field limit (128 KiB) is process-wide; long captions are legitimate, up to the file limit.
+    if csv.field_size_limit() < max_bytes:
+        csv.field_size_limit(min(max_bytes, sys.maxsize))
+    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)  # strict: an unclosed quote is an error, not a caption
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as err:
+        raise SourceError(f"{path}: line {reader.line_num + 1}: malformed CSV ({err})") from None  # line_num: lines of the rows read before
+
+
+def _read_metadata(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Captions:
+    """``file_name -> text`` from an imagefolder metadata file (other columns are ignored)."""
+    try:
+        raw = read_regular_file(path, max_bytes)
+    except FileRefusedError as err:
+        raise SourceError(f"{path}: cannot read captions ({err.reason})") from None
+    return _metadata_captions(path, raw, max_bytes)
+
+
+def _metadata_captions(path: Path, raw: bytes, max_bytes: int) -> Captions:
+    """``file_name -> text`` (or the reason a caption is unusable) from a metadata file's bytes."""
+    rows = _jsonl_rows(path, raw) if path.suffix == ".jsonl" else _csv_rows(path, raw, max_bytes)
+    # (line number, row): the number is the file's own, so that a caption's problem names its line
+    captions: Captions = {}
+    for number, row in rows:
+        if not row.get("file_name"):
+            continue
+        file_name = str(row["file_name"]).replace("\\", "/")
+        try:
+            text = caption_text(row.get("text"), f"{path.name} line {number}")
+        except CaptionError as err:
+            captions[file_name] = err
+            continue
+        if text is not None:
+            captions[file_name] = text
+    return captions
 
 
 # --------------------------------------------------------------------------- URLs
@@ -151,66 +249,77 @@ def read_input(path: str) -> bytes:
 class _Captions:
     """Caption lookup for image files: sidecar, then metadata files, then the prompt."""
 
-    def __init__(self, prompt: str, metadata: dict[Path, str], sidecars: set[Path] | None) -> None:
+    def __init__(self, prompt: str, metadata: dict[Path, str | CaptionError], sidecars: set[Path] | None, max_bytes: int) -> None:
         self.prompt = prompt
         self.metadata = metadata
         self.sidecars = sidecars  # known .txt files (folder input), or None to look on disk
+        self.max_bytes = max_bytes
 
-    def __call__(self, image: Path) -> str:
+    def __call__(self, image: Path) -> tuple[str, str | None]:
+        """The caption of ``image``, and the reason it cannot be used (None when it can)."""
         sidecar = image.with_suffix(".txt")
-        if (sidecar in self.sidecars) if self.sidecars is not None else sidecar.is_file():
-            text = _read_sidecar(sidecar)
-            if text is not None:
-                return text
-        return self.metadata.get(image, self.prompt)
+        if (sidecar in self.sidecars) if self.sidecars is not None else (os.path.lexists(sidecar) and not sidecar.is_dir()):
+            try:
+                return _read_sidecar(sidecar, self.max_bytes), None
+            except CaptionError as err:
+                return self.prompt, str(err)
+        found = self.metadata.get(image, self.prompt)
+        if isinstance(found, CaptionError):
+            return self.prompt, str(found)
+        return found, None
 
 
 class FolderSource(Source):
-    """Image files under a folder, recursively, sorted by relative path; hidden folders and
-    ``exclude`` (e.g. the output folder when it lies inside the input) are not searched."""
+    """Image files under a folder, recursively, sorted by relative path; hidden files and folders
+    and ``exclude`` (e.g. the output folder when it lies inside the input) are not searched."""
 
-    def __init__(self, root: Path, prompt: str, exclude: Path | None = None) -> None:
+    def __init__(self, root: Path, prompt: str, exclude: Path | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.root = root
         self.identity = {"kind": "folder", "name": root.resolve().name}
         excluded = exclude.resolve() if exclude is not None else None
         images: list[tuple[str, Path]] = []
         sidecars: set[Path] = set()
-        metadata: dict[Path, str] = {}
+        metadata: dict[Path, str | CaptionError] = {}
         for folder, dirs, files in os.walk(root):
             here = Path(folder)
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != excluded)
             for name in files:
+                if name.startswith("."):  # like hidden folders: e.g. macOS's ._photo.jpg resource forks are not images
+                    continue
                 path = here / name
                 suffix = path.suffix.lower()
                 if suffix in IMAGE_SUFFIXES:
-                    images.append((path.relative_to(root).as_posix(), path))
+                    images.append((storable_name(path.relative_to(root).as_posix()), path))
                 elif suffix == ".txt":
                     sidecars.add(path)
                 elif name in _METADATA_FILES:
-                    for file_name, text in _read_metadata(path).items():
+                    for file_name, text in _read_metadata(path, max_file_bytes).items():
                         metadata[here / file_name] = text  # folders are walked top-down: the nearest file wins
         images.sort()
         self.images = images
-        self.captions = _Captions(prompt, metadata, sidecars)
+        self.captions = _Captions(prompt, metadata, sidecars, max_file_bytes)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __iter__(self) -> Iterator[SourceItem]:
         for file_name, path in self.images:
-            yield SourceItem(file_name, self.captions(path), path=str(path))
+            caption, error = self.captions(path)
+            yield SourceItem(file_name, caption, path=str(path), error=error)
 
 
 class ListSource(Source):
     """A text file with one image path per line (blank lines and ``#`` comments ignored); relative
     paths are relative to the list file's folder. Every listed path is an input, whatever its suffix."""
 
-    def __init__(self, list_file: Path, prompt: str) -> None:
+    def __init__(self, list_file: Path, prompt: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.identity = {"kind": "list", "name": list_file.name}
         try:
-            lines = list_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise SourceError(f"{list_file}: cannot read the list of images ({err})") from None
+            lines = read_regular_file(list_file, max_file_bytes).decode("utf-8").splitlines()
+        except FileRefusedError as err:
+            raise SourceError(f"{list_file}: cannot read the list of images ({err.reason})") from None
+        except UnicodeDecodeError as err:
+            raise SourceError(f"{list_file}: cannot read the list of images (not UTF-8 text: {err})") from None
         entries = [line.strip() for line in lines]
         entries = [entry for entry in entries if entry and not entry.startswith("#")]
         base = list_file.parent
@@ -221,7 +330,7 @@ class ListSource(Source):
             else:
                 path = Path(entry) if Path(entry).is_absolute() else base / entry
                 self.files.setdefault(_name_in(base, path), path)
-        self.captions = _Captions(prompt, {}, None)
+        self.captions = _Captions(prompt, {}, None, max_file_bytes)
         self.prompt = prompt
 
     def __len__(self) -> int:
@@ -231,8 +340,9 @@ class ListSource(Source):
         for name, path in self.files.items():
             if isinstance(path, str):  # a URL, read remotely; captions come from the prompt
                 yield SourceItem(name, self.prompt, path=path)
-            else:
-                yield SourceItem(name, self.captions(path), path=str(path))
+                continue
+            caption, error = self.captions(path)
+            yield SourceItem(storable_name(name), caption, path=str(path), error=error)
 
 
 def _name_in(folder: Path, path: Path) -> str:
@@ -247,16 +357,17 @@ def _name_in(folder: Path, path: Path) -> str:
 
 
 class SingleImageSource(Source):
-    def __init__(self, path: Path, prompt: str) -> None:
+    def __init__(self, path: Path, prompt: str, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> None:
         self.path = path
         self.identity = {"kind": "image", "name": path.name}
-        self.captions = _Captions(prompt, {}, None)
+        self.captions = _Captions(prompt, {}, None, max_file_bytes)
 
     def __len__(self) -> int:
         return 1
 
     def __iter__(self) -> Iterator[SourceItem]:
-        yield SourceItem(self.path.name, self.captions(self.path), path=str(self.path))
+        caption, error = self.captions(self.path)
+        yield SourceItem(storable_name(self.path.name), caption, path=str(self.path), error=error)
 
 
 class RemoteSource(Source):
@@ -275,7 +386,7 @@ class RemoteSource(Source):
             info = filesystem.get_file_info(base)
             if info.type == fs.FileType.File:
                 self.images = [(base.rsplit("/", 1)[-1], url)]
-                self.captions: dict[str, str] = {}
+                self.captions: Captions = {}
                 return
             if info.type != fs.FileType.Directory:
                 raise FileNotFoundError("no such file or folder")
@@ -288,15 +399,11 @@ class RemoteSource(Source):
             relative = entry.path[len(base) :].lstrip("/")
             if entry.type == fs.FileType.File and not any(part.startswith(".") for part in relative.split("/")[:-1]):
                 files[relative] = entry.path
-        captions: dict[str, str] = {}
+        captions: Captions = {}
         for relative in sorted((r for r in files if r.rsplit("/", 1)[-1] in _METADATA_FILES), key=lambda r: -r.count("/")):
             folder = relative.rpartition("/")[0]
-            text = self._read_text(filesystem, files[relative], url)
-            try:
-                found_captions = _parse_metadata(io.StringIO(text, newline=None), relative.endswith(".jsonl"))
-            except (json.JSONDecodeError, csv.Error) as err:
-                raise SourceError(f"{root}/{relative}: cannot read captions ({err})") from None
-            for file_name, caption in found_captions.items():
+            raw = self._read_text(filesystem, files[relative], url).encode("utf-8")
+            for file_name, caption in _metadata_captions(Path(relative), raw, DEFAULT_MAX_FILE_BYTES).items():
                 captions.setdefault(f"{folder}/{file_name}" if folder else file_name, caption)  # the nearest file wins
         images = sorted(r for r in files if Path(r).suffix.lower() in IMAGE_SUFFIXES)
         for relative in images:  # sidecars, the first choice
@@ -322,7 +429,11 @@ class RemoteSource(Source):
 
     def __iter__(self) -> Iterator[SourceItem]:
         for file_name, url in self.images:
-            yield SourceItem(file_name, self.captions.get(file_name, self.prompt), path=url)
+            caption = self.captions.get(file_name, self.prompt)
+            if isinstance(caption, CaptionError):
+                yield SourceItem(file_name, self.prompt, path=url, error=str(caption))
+            else:
+                yield SourceItem(file_name, caption, path=url)
 
 
 class DatasetSource(Source):
@@ -381,20 +492,24 @@ class DatasetSource(Source):
     def __iter__(self) -> Iterator[SourceItem]:
         for index, row in enumerate(self.dataset):
             value = row[self.image_column]
-            caption = row[self.caption_column] if self.caption_column else None
-            caption = self.prompt if caption is None else str(caption)
             file_name = f"{index:0{self.width}d}"
+            error = None
+            try:
+                caption = caption_text(row[self.caption_column] if self.caption_column else None, f"column {self.caption_column}")
+            except CaptionError as err:
+                caption, error = None, str(err)
+            caption = self.prompt if caption is None else caption
             if isinstance(value, dict):  # an Image feature read without decoding: bytes and/or path
                 if value.get("bytes"):
-                    yield SourceItem(file_name, caption, path=value.get("path"), data=value["bytes"])
+                    yield SourceItem(file_name, caption, path=value.get("path"), data=value["bytes"], error=error)
                 else:
-                    yield SourceItem(file_name, caption, path=value.get("path") or "")
+                    yield SourceItem(file_name, caption, path=value.get("path") or "", error=error)
             elif isinstance(value, str):  # a column of file paths
-                yield SourceItem(file_name, caption, path=value)
+                yield SourceItem(file_name, caption, path=value, error=error)
             elif isinstance(value, bytes):
-                yield SourceItem(file_name, caption, data=value)
+                yield SourceItem(file_name, caption, data=value, error=error)
             else:  # e.g. a decoded PIL image from a dataset saved without Image features
-                yield SourceItem(file_name, caption, data=_encode_pil(value))
+                yield SourceItem(file_name, caption, data=_encode_pil(value), error=error)
 
 
 def hub_commit(repo_id: str, revision: str | None) -> str | None:
@@ -437,6 +552,7 @@ def open_source(
     split: str = "train",
     exclude: Path | None = None,
     revision: str | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Source:
     """The inputs named by ``spec``: a folder, an image, a list file, a dataset folder, a Hub id, or
     the URL of a folder or an image.
@@ -450,11 +566,11 @@ def open_source(
     if path.is_dir():
         if image_column is not None or caption_column is not None or _looks_like_dataset_folder(path):
             return DatasetSource(spec, local=True, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt)
-        return FolderSource(path, prompt, exclude)
-    if path.is_file():
+        return FolderSource(path, prompt, exclude, max_file_bytes)
+    if path.exists():  # a file, or something posing as one (a pipe): it is read as a file, and refused if it is not one
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            return SingleImageSource(path, prompt)
-        return ListSource(path, prompt)
-    if path.exists() or os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1:
+            return SingleImageSource(path, prompt, max_file_bytes)
+        return ListSource(path, prompt, max_file_bytes)
+    if os.path.isabs(spec) or spec.startswith((".", "~")) or spec.count("/") > 1:
         raise SourceError(f"{spec}: no such file or folder")
     return DatasetSource(spec, local=False, split=split, image_column=image_column or "image", caption_column=caption_column, prompt=prompt, revision=revision)

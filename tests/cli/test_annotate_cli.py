@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from typer.testing import CliRunner
 
 from cli.annotate import app
 from controlnet.dataset.build import shard_paths
+from tests.controlnet import faults
 from tests.controlnet.helpers import write_bad_files, write_photo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,8 +89,10 @@ def test_push_offline_is_a_one_line_error(folder: Path, tmp_path: Path) -> None:
     assert code == 1 and "not a built dataset" in output
 
 
-def _command(list_file: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "cli.annotate", "canny", str(list_file), "-o", str(output), "--workers", "1", "--batch-size", "1", "--shard-size", "4", "--resolution", "64"]
+def _command(list_file: Path, output: Path, gate: Path) -> list[str]:
+    return faults.command(
+        faults.NAME, str(list_file), "-o", str(output), "--workers", "1", "--batch-size", "1", "--shard-size", "4", "--resolution", "64", "--hang-while", str(gate)
+    )
 
 
 def _wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
@@ -101,10 +103,10 @@ def _wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-unty
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_resume_after_the_process_is_killed(tmp_path: Path, stop: signal.Signals) -> None:
-    """The build blocks on a named pipe listed among the inputs; it is killed there, the pipe is
-    replaced by an image, and the same command finishes the dataset."""
+    """The build hangs on a magenta image while a gate file exists; it is stopped there, the gate is
+    removed, and the same command finishes the dataset. SIGTERM keeps the open shard, like Ctrl-C."""
     images = tmp_path / "images"
     listed = []
     for i in range(6):
@@ -112,39 +114,42 @@ def test_resume_after_the_process_is_killed(tmp_path: Path, stop: signal.Signals
         listed.append(f"{i}.jpg")
     (images / "bad.jpg").write_bytes(b"not an image")
     listed.insert(3, "bad.jpg")
-    os.mkfifo(images / "blocker.jpg")
-    listed.append("blocker.jpg")
+    faults.write_magenta(images / "blocker.png")
+    listed.append("blocker.png")
     for i in range(6, 9):
         write_photo(images / f"{i}.jpg", i, 80, 64)
         listed.append(f"{i}.jpg")
     list_file = images / "list.txt"
     list_file.write_text("\n".join(listed) + "\n")
-    output = tmp_path / "ds"
+    output, gate = tmp_path / "ds", tmp_path / "gate"
+    gate.write_text("closed")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
-    process = subprocess.Popen(_command(list_file, output), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(_command(list_file, output, gate), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: len(shard_paths(output)) == 1 or process.poll() is not None)
-        time.sleep(0.5)  # the rows after the first shard (4.jpg, 5.jpg) are done but not yet in a shard
+        _wait_for(lambda: Path(f"{gate}.pid").exists() or process.poll() is not None)
         assert process.poll() is None, process.communicate()[0].decode()
+        # the rows after the first shard (4.jpg, 5.jpg) are done but not yet in a shard
+        assert len(shard_paths(output)) == 1
         process.send_signal(stop)
         code = process.wait(timeout=60)
+        said = process.communicate()[0].decode()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
     first_shard = shard_paths(output)[0].read_bytes()
     assert names(output)[:4] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
-    if stop == signal.SIGINT:  # Ctrl-C: the rows in hand are written as a last, smaller shard
-        assert code == 130
-        assert names(output) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"]
-    else:
+    if stop == signal.SIGKILL:
         assert code == -signal.SIGKILL
         assert names(output) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    else:  # Ctrl-C or SIGTERM: the rows in hand are written as a last, smaller shard
+        assert code == (130 if stop == signal.SIGINT else 143), said
+        assert ("interrupted" if stop == signal.SIGINT else "terminated") in said and "Traceback" not in said
+        assert names(output) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg", "4.jpg", "5.jpg"]
 
-    (images / "blocker.jpg").unlink()
-    write_photo(images / "blocker.jpg", 9, 80, 64)
-    finished = subprocess.run(_command(list_file, output), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    gate.unlink()
+    finished = subprocess.run(_command(list_file, output, gate), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "resuming" in finished.stderr
     done = names(output)

@@ -156,6 +156,12 @@ def _write(spec: _Spec, index: int, inputs: int, pieces: list[Any]) -> ShardSumm
                 if len(summary.preview) < PREVIEW_ROWS:
                     summary.preview.append({"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height})
         writer.close()
+        for row, reason in writer.rejected:  # rows the writer could not store are skips, as locally
+            summary.rows -= 1
+            for tally, found in zip(summary.tallies, row.tallies):
+                tally.subtract(found)
+            summary.preview = [shown for shown in summary.preview if shown["file_name"] != row.file_name]
+            summary.skips.append(Skip(row.file_name, None, reason))
     except BaseException:
         writer.abort()
         raise

@@ -215,7 +215,7 @@ def test_shards_are_numbered_and_complete(tmp_path: Path) -> None:
     build(config(folder, output, resolution=64, shard_size=2))
     assert [path.name for path in shard_paths(output)] == ["train-00000.parquet", "train-00001.parquet", "train-00002.parquet"]
     assert [pq.read_metadata(path).num_rows for path in shard_paths(output)] == [2, 2, 1]
-    assert sorted(p.name for p in output.iterdir()) == ["README.md", "build.json", "data", "skipped.jsonl"]
+    assert sorted(p.name for p in output.iterdir()) == [".cn-annotate.lock", "README.md", "build.json", "data", "skipped.jsonl"]
     assert len(load(output, tmp_path)) == 5
 
 
