@@ -80,8 +80,13 @@ from controlnet.dataset.build import default_workers
 RESOLUTION = 512
 
 _RUNNER = """
-import json, resource, sys, time
-import cli.annotate, controlnet.dataset.build, controlnet.dataset.card, controlnet.dataset.sources, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+import importlib, json, resource, sys, time
+import cli.annotate, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+for name in ("controlnet.dataset.build", "controlnet.dataset.card", "controlnet.dataset.sources", "controlnet.build", "controlnet.card", "controlnet.sources"):
+    try:  # the builder's modules, in this checkout's layout or in a baseline's older one
+        importlib.import_module(name)
+    except ImportError:
+        pass
 args = json.loads(sys.argv[1])
 if "ray" in args:
     import ray, controlnet.dataset.engines.ray  # also excluded
