@@ -217,8 +217,9 @@ class Annotator:
 
     @property
     def device(self) -> str:
-        """Where the annotator computes: ``cpu``, or an accelerator such as ``cuda:0``."""
-        return "cpu"
+        """Where the annotator computes: its config's ``device`` field where it has one (``cpu``, or an
+        accelerator such as ``cuda:0``), else ``cpu``."""
+        return getattr(self.config, "device", "cpu")
 
     @property
     def preferred_batch_size(self) -> int:
@@ -227,8 +228,9 @@ class Annotator:
 
     @property
     def weights_location(self) -> str | None:
-        """An explicit file or folder to look for the weights in first (``--weights``), if any."""
-        return None
+        """An explicit file or folder to look for the weights in first: its config's ``weights`` field
+        (``--weights``) where it has one."""
+        return getattr(self.config, "weights", None)
 
     @classmethod
     def weights_present(cls, weights: str | None = None) -> bool:

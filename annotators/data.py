@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import cv2
 import numpy as np
 
-from annotators.base import AnnotatorConfig, param
+from annotators.base import Annotation, AnnotatorConfig, param
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -219,6 +219,10 @@ class SegmentationKind(ImageDataKind):
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         """The labels drawn in the label set's palette (HxWx3 uint8 RGB)."""
         return np.asarray(self.palette, np.uint8)[labels]
+
+    def annotation(self, labels: np.ndarray) -> Annotation:
+        """A label map as an annotator returns it: drawn flat in the palette, the labels as its data."""
+        return Annotation(self.colorize(labels), labels)
 
     def tally(self, data: Any) -> Counter[str]:
         """``images:<class>`` (1 if present) and ``pixels:<class>`` counts for one label map."""

@@ -358,14 +358,6 @@ class _DWPose(Annotator):
         return {**self.__dict__, "_sessions": None}  # sessions do not pickle; each process makes its own
 
     @property
-    def device(self) -> str:
-        return self.config.device
-
-    @property
-    def weights_location(self) -> str | None:
-        return self.config.weights
-
-    @property
     def preferred_batch_size(self) -> int:
         return 1 if self.config.device == "cpu" else self.config.batch_size
 

@@ -92,14 +92,6 @@ class NeuralAnnotator(Annotator):
         self._model: torch.nn.Module | None = None
 
     @property
-    def device(self) -> str:
-        return self.config.device
-
-    @property
-    def weights_location(self) -> str | None:
-        return self.config.weights
-
-    @property
     def preferred_batch_size(self) -> int:
         return self.forward_batch_size
 

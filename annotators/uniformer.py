@@ -102,8 +102,4 @@ class SegUFADE20K(NeuralAnnotator):
     def _forward(self, model: torch.nn.Module, batch: list[np.ndarray]) -> Sequence[Annotation]:
         import torch
 
-        results = []
-        for labels in self.predict_labels(model, batch):
-            label_map = labels.to("cpu", torch.uint8).numpy()
-            results.append(Annotation(ADE20K.colorize(label_map), label_map))
-        return results
+        return [ADE20K.annotation(labels.to("cpu", torch.uint8).numpy()) for labels in self.predict_labels(model, batch)]

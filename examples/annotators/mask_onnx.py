@@ -44,14 +44,6 @@ class MaskOnnx(Annotator):
         super().__init__(config, **params)
         self._session: Any = None
 
-    @property
-    def device(self) -> str:
-        return self.config.device
-
-    @property
-    def weights_location(self) -> str | None:
-        return self.config.weights
-
     def load(self) -> Self:
         if self._session is None:
             import onnxruntime
