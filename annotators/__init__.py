@@ -64,6 +64,8 @@ _BUILTIN: dict[str, str] = {
     "softedge_pidisafe": "annotators.pidinet:SoftEdgePiDiNetSafe",
     "scribble_pidinet": "annotators.pidinet:ScribblePiDiNet",
     "depth_midas": "annotators.midas:MidasDepth",
+    "depth_anything_v2": "annotators.depth_anything:DepthAnythingV2",
+    "depth_anything": "annotators.depth_anything:DepthAnything",
     "normal_midas": "annotators.midas:MidasNormal",
     "normal_bae": "annotators.normalbae:NormalBae",
     "openpose": "annotators.openpose:OpenPose",

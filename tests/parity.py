@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tests.seeded_depth import WRITERS as DEPTH_WRITERS
+
 if TYPE_CHECKING:
     from annotators.weights import Weights
 
@@ -105,12 +107,17 @@ def write_published_checkpoint(c: Case, path: Path) -> Path:
     check_seeded(c, arrays)
     names = [k for k, _ in c.manifest["checkpoint_keys"]] if "checkpoint_keys" in c.manifest else list(arrays)
     state = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in zip(names, arrays.values(), strict=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":  # a flat dict, as safetensors stores it
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+        return path
     container = next((m.get("container", "") for m in c.manifest.get("checkpoint_key_map", []) if "container" in m), "")
     if "['state_dict']" in container:
         state = {"state_dict": state}
     elif "['model']" in container:
         state = {"model": state}
-    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
 
@@ -166,13 +173,18 @@ def checkpoint_cases() -> dict[str, str]:
 
 # Seeded weights make the OpenPose body net "see" a dozen people even in tiny crops, and each of
 # their hands costs seconds per scale on one CPU thread; one hand scale keeps tests fast.
-FAST_PARAMS: dict[str, dict[str, object]] = {"openpose_hand": {"hand_scales": 1}}
+FAST_PARAMS: dict[str, dict[str, object]] = {
+    "openpose_hand": {"hand_scales": 1},
+    # Depth Anything runs every image at >= 518 px: the registry runs a tiny transformers stand-in.
+    "depth_anything_v2": {"encoder": "vits", "weights_format": "transformers"},
+    "depth_anything": {"encoder": "vits", "weights_format": "transformers"},
+}
 
 
 #: Seeded stand-ins for weights that no parity case covers: a published file name (or a transformers
 #: model id) -> a function writing random weights of the right layout at the given path (a file, or
 #: a model folder). A new annotator adds its entry here, so the registry-wide tests cover it.
-SEEDED_WRITERS: dict[str, Callable[[Path], None]] = {}
+SEEDED_WRITERS: dict[str, Callable[[Path], None]] = {**DEPTH_WRITERS}
 
 
 class SeededWeights:
@@ -185,13 +197,18 @@ class SeededWeights:
     def ensure(self, filenames: tuple[str, ...] | list[str]) -> Path:
         for filename in filenames:
             target = self.folder / filename
-            if not target.exists():
-                if filename in SEEDED_WRITERS:
-                    SEEDED_WRITERS[filename](target)
-                elif filename in self._cases:
-                    write_published_checkpoint(case(self._cases[filename]), target)
-                else:
-                    raise KeyError(f"no parity case or seeded writer provides weights for {filename}")
+            # A parity case may hold the .safetensors copy of a declared .pth (the lookup takes either).
+            twin = target.with_suffix(".safetensors") if target.suffix in (".pth", ".pt") else target
+            if target.exists() or twin.exists():
+                continue
+            if filename in SEEDED_WRITERS:
+                SEEDED_WRITERS[filename](target)
+            elif filename in self._cases:
+                write_published_checkpoint(case(self._cases[filename]), target)
+            elif twin.name in self._cases:
+                write_published_checkpoint(case(self._cases[twin.name]), twin)
+            else:
+                raise KeyError(f"no parity case or seeded writer provides weights for {filename}")
         return self.folder
 
     def location(self, weights: Weights) -> Path:
@@ -208,6 +225,9 @@ class SeededWeights:
         import annotators
 
         cls = annotators.get_class(name)
-        if cls.weights is not None and cls.weights.downloadable:
-            params.setdefault("weights", str(self.location(cls.weights)))
-        return cls(**{**FAST_PARAMS.get(name, {}), **params})
+        params = {**FAST_PARAMS.get(name, {}), **params}
+        # The instance's weights: which files it loads may depend on its parameters (e.g. a size).
+        weights = cls(**{k: v for k, v in params.items() if k != "weights"}).weights
+        if weights is not None and weights.downloadable:
+            params.setdefault("weights", str(self.location(weights)))
+        return cls(**params)
