@@ -66,6 +66,7 @@ _BUILTIN: dict[str, str] = {
     "depth_midas": "annotators.midas:MidasDepth",
     "depth_anything_v2": "annotators.depth_anything:DepthAnythingV2",
     "depth_anything": "annotators.depth_anything:DepthAnything",
+    "depth_zoe": "annotators.zoe:DepthZoe",
     "normal_midas": "annotators.midas:MidasNormal",
     "normal_bae": "annotators.normalbae:NormalBae",
     "openpose": "annotators.openpose:OpenPose",

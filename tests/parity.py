@@ -178,6 +178,7 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     # Depth Anything runs every image at >= 518 px: the registry runs a tiny transformers stand-in.
     "depth_anything_v2": {"encoder": "vits", "weights_format": "transformers"},
     "depth_anything": {"encoder": "vits", "weights_format": "transformers"},
+    "depth_zoe": {"weights_format": "transformers"},  # BEiT-L at 384x512, twice: a tiny stand-in
 }
 
 

@@ -4,6 +4,8 @@
   and shapes of ``DepthAnythingV2``/``DPT_DINOv2``'s ``state_dict()`` written out per size by
   :func:`depth_anything_layout` (checked against the ViT-L parity manifest in the tests), filled
   with the parity README's seeded rule.
+* v1.1's ``ZoeD_M12_N.pt``: the layout of ``tests/data/zoe_v11/manifest.json`` (dumped from the
+  upstream model), seeded by the same rule, the constant buffers at the values the model computes.
 * Transformers model folders (``config.json`` + ``model.safetensors``) of *tiny* configurations
   under the published model ids, so that the registry-wide tests run in seconds: they stand in for
   the layout, not the size.
@@ -11,11 +13,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 SEED = 0
+ZOE_FIXTURE = Path(__file__).resolve().parent / "data" / "zoe_v11"
 
 
 def depth_anything_layout(encoder: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -130,9 +134,61 @@ def tiny_depth_anything_folder(folder: Path) -> None:
     seed_module(DepthAnythingForDepthEstimation(config)).save_pretrained(folder)
 
 
+def zoe_v11_manifest() -> dict[str, Any]:
+    return json.loads((ZOE_FIXTURE / "manifest.json").read_text())
+
+
+def zoe_v11_state() -> dict[str, Any]:
+    """v1.1's ZoeDepth state dict (upstream names and order), seeded; constants as the model has them."""
+    import torch
+    from transformers.models.beit.modeling_beit import BeitRelativePositionBias
+
+    manifest = zoe_v11_manifest()
+    constants = set(manifest["constants"])
+    seeded = seeded_state([(k, tuple(s)) for k, s, _ in manifest["keys"] if k not in constants])
+    fixed = {
+        "relative_position_index": BeitRelativePositionBias.generate_relative_position_index((24, 24)),  # timm's, 24x24 window
+        "k_idx": torch.arange(64).view(1, 64, 1, 1),
+        "K_minus_1": torch.tensor([63.0]).view(1, 1, 1, 1),
+    }
+    return {k: seeded[k] if k not in constants else fixed[k.rsplit(".", 1)[1]] for k, _, _ in manifest["keys"]}
+
+
+def write_zoe_v11(path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": zoe_v11_state()}, path)  # v1.1 loads ['model']
+
+
+def tiny_zoedepth_folder(heads: int) -> Callable[[Path], None]:
+    """A seeded ``ZoeDepthForDepthEstimation`` of a tiny configuration with 1 (NYU) or 2 (NYU and
+    KITTI, routed by a patch transformer) metric heads, saved as a model folder."""
+
+    def write(folder: Path) -> None:
+        from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
+
+        backbone = BeitConfig(
+            image_size=384, patch_size=16, num_hidden_layers=4, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+            use_relative_position_bias=True, reshape_hidden_states=False, out_features=["stage1", "stage2", "stage3", "stage4"],
+        )
+        bins = [{"name": "nyu", "n_bins": 8, "min_depth": 1e-3, "max_depth": 10.0}, {"name": "kitti", "n_bins": 8, "min_depth": 1e-3, "max_depth": 80.0}]
+        router = {"num_patch_transformer_layers": 4, "patch_transformer_hidden_size": 128, "patch_transformer_intermediate_size": 64, "patch_transformer_num_attention_heads": 2}
+        config = ZoeDepthConfig(
+            backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, bottleneck_features=16,
+            num_relative_features=8, bin_embedding_dim=8, bin_configurations=bins[:heads], **(router if heads > 1 else {}),
+        )
+        seed_module(ZoeDepthForDepthEstimation(config)).save_pretrained(folder)
+
+    return write
+
+
 WRITERS: dict[str, Callable[[Path], None]] = {
     **{f"depth_anything_v2_{e}.pth": depth_anything_writer(e) for e in ("vits", "vitb")},
     **{f"depth_anything_{e}14.pth": depth_anything_writer(e) for e in ("vits", "vitb", "vitl")},
     "depth-anything/Depth-Anything-V2-Small-hf": tiny_depth_anything_folder,
     "LiheYoung/depth-anything-small-hf": tiny_depth_anything_folder,
+    "ZoeD_M12_N.pt": write_zoe_v11,
+    "Intel/zoedepth-nyu": tiny_zoedepth_folder(1),
+    "Intel/zoedepth-nyu-kitti": tiny_zoedepth_folder(2),
 }
