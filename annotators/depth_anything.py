@@ -41,6 +41,7 @@ import numpy as np
 
 from annotators.base import param
 from annotators.image import multiple_of_size
+from annotators.nets.depth_anything import PATCH
 from annotators.neural import NeuralAnnotator, NeuralConfig
 from annotators.weights import WeightFile, Weights
 
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DepthAnything", "DepthAnythingV2", "depth_to_uint8", "network_input"]
 
-NET_SIDE = 518  # the reference's Resize target: the shorter side goes to at least this
+NET_SIDE = 518  # the reference's Resize target: both sides go to at least this
 _MEAN = np.array([0.485, 0.456, 0.406])
 _STD = np.array([0.229, 0.224, 0.225])
 _REMAP = "annotators.nets.depth_anything:remap_depth_anything_checkpoint"
@@ -58,8 +59,6 @@ _SIZE_NAMES = {"vits": "Small", "vitb": "Base", "vitl": "Large"}
 
 def network_input(image: np.ndarray) -> np.ndarray:
     """The reference preprocessing of one HxWx3 uint8 RGB image: a 3xhxw float32 array."""
-    from annotators.nets.depth_anything import PATCH
-
     height, width = multiple_of_size(*image.shape[:2], (NET_SIDE, NET_SIDE), PATCH, "lower_bound")
     swapped = np.ascontiguousarray(image[:, :, ::-1]) / 255.0  # cvtColor(BGR2RGB) of the RGB input
     resized = cv2.resize(swapped, (width, height), interpolation=cv2.INTER_CUBIC)

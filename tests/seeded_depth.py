@@ -111,8 +111,6 @@ def depth_anything_writer(encoder: str) -> Callable[[Path], None]:
 def seed_module(model: Any) -> Any:
     """Every float parameter and buffer of ``model`` set by the README's rule, in its own order;
     other buffers keep their values (as the parity manifests' ``non_float_buffers``)."""
-    import torch
-
     state = model.state_dict()
     floats = [(k, tuple(v.shape)) for k, v in state.items() if v.is_floating_point()]
     model.load_state_dict({**state, **seeded_state(floats)})

@@ -132,7 +132,7 @@ def remap_zoedepth_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, tor
         if _DROPPED.match(key):
             continue
         if match := _QKV.match(key):
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):  # type: ignore[attr-defined]
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):  # type: ignore[attr-defined]
                 out[f"backbone.beit.layers.{match[1]}.attention.{name}.weight"] = part
             continue
         out[_rename(key)] = value  # type: ignore[assignment]

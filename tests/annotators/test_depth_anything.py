@@ -97,6 +97,8 @@ def test_raw_depth_matches_reference(parity_run: dict[str, np.ndarray]) -> None:
         actual, golden = parity_run[name], DA2.golden[name]
         print(f"{name}: max |diff| {np.abs(actual - golden).max():.4g} (range {np.abs(golden).max():.4g})")
         assert_raw_close(actual, golden, name)
+    resized = torch.nn.functional.interpolate(torch.from_numpy(parity_run["raw_depth"])[None, None], (512, 512), mode="bilinear", align_corners=False)
+    assert_raw_close(np.array([resized.min(), resized.max()]), DA2.golden["depth_resized_min_max"], "depth_resized_min_max")
     # 44% of the reference is clipped to 0 by the ReLU: the signs before it must agree too.
     assert (np.sign(parity_run["raw_depth_prerelu"]) == np.sign(DA2.golden["raw_depth_prerelu"])).mean() > 0.999
 
@@ -202,7 +204,7 @@ def test_transformers_folder_gives_the_maps_of_the_original_checkpoint(vits_fold
     images = [photos[1][:200, :300].copy(), photos[2][:150, :150].copy()]  # non-square and square
     ours = annotators.create("depth_anything_v2", encoder="vits", weights=str(original))(images)
     theirs = annotators.create("depth_anything_v2", encoder="vits", weights_format="transformers", weights=str(converted.parent))(images)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape and a.std() > 0
         np.testing.assert_array_equal(a, b)
 

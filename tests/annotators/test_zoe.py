@@ -112,7 +112,7 @@ def test_transformers_conversions_load_with_timms_layer_norm(seeded_weights: See
     maps = annotator(images)
     assert annotator.model.config.backbone_config.layer_norm_eps == 1e-6
     assert len(annotator.model.config.bin_configurations) == (2 if "kitti" in model_id else 1)
-    for image, depth in zip(images, maps):
+    for image, depth in zip(images, maps, strict=True):
         assert depth.shape == image.shape and depth.std() > 0
 
 
