@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -109,6 +109,37 @@ def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
         return image
     interpolation = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
     return cv2.resize(image, size, interpolation=interpolation)
+
+
+def multiple_of_size(
+    height: int,
+    width: int,
+    target: tuple[int, int],
+    multiple: int,
+    method: Literal["lower_bound", "minimal"],
+) -> tuple[int, int]:
+    """``(height, width)`` that the MiDaS-family ``Resize`` transform (keep_aspect_ratio=True) gives,
+    without resizing: one scale for both sides towards ``target`` (height, width), then each side
+    rounded half-to-even to a multiple of ``multiple``.
+
+    ``lower_bound`` (Depth Anything) takes the larger of the two scales and rounds up where rounding
+    would fall below the target; ``minimal`` (ZoeDepth's MiDaS core) takes the scale closer to 1.
+    A side is never rounded down to 0.
+    """
+    scale_height, scale_width = target[0] / height, target[1] / width
+    if method == "lower_bound":
+        scale = scale_width if scale_width > scale_height else scale_height
+    else:
+        scale = scale_width if abs(1 - scale_width) < abs(1 - scale_height) else scale_height
+
+    def constrain(x: float, minimum: int) -> int:
+        y = int(np.round(x / multiple) * multiple)
+        if y < minimum:
+            y = int(np.ceil(x / multiple) * multiple)
+        return max(y, multiple)
+
+    floor_height, floor_width = target if method == "lower_bound" else (0, 0)
+    return constrain(scale * height, floor_height), constrain(scale * width, floor_width)
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

@@ -98,6 +98,7 @@ def find_checkpoint(
     repo_id: str = HUB_REPO,
     subfolder: str | None = None,
     local_files_only: bool | None = None,
+    hint: str | None = None,
 ) -> Path:
     """Locate ``filename``; see the module docstring for the order. Raises :class:`WeightsNotFoundError`.
 
@@ -105,6 +106,7 @@ def find_checkpoint(
     file lies inside the Hub repo (local folders are searched recursively by name anyway).
     ``local_files_only`` defaults to whether ``HF_HUB_OFFLINE`` is set; the Hub is only contacted
     when it is False.
+    ``hint`` replaces the error's ``hf download`` advice (for files published elsewhere).
     """
     tried: list[str] = []
     if weights is not None:
@@ -131,7 +133,7 @@ def find_checkpoint(
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         where = "Hugging Face cache" if offline else "Hugging Face Hub"
         tried.append(f"{where} {repo_id} ({type(err).__name__})")
-    raise WeightsNotFoundError(filename, tried, repo_id, hub_path=f"{subfolder}/{filename}" if subfolder else None)
+    raise WeightsNotFoundError(filename, tried, repo_id, hint=hint, hub_path=f"{subfolder}/{filename}" if subfolder else None)
 
 
 def is_checkpoint_present(filename: str, weights: str | os.PathLike[str] | None = None) -> bool:
@@ -248,7 +250,9 @@ class Weights:
 
     ``files`` are file names in ``repo_id`` (state dicts, safetensors or ONNX graphs); a
     ``transformers`` model is instead the folder of ``model_id``; ``bundled`` weights ship in
-    ``package``. ``license`` is shown by ``cn-annotate list`` and in dataset cards.
+    ``package``. ``license`` is shown by ``cn-annotate list`` and in dataset cards. ``fetch_hint``
+    replaces the missing-weights error's ``hf download`` advice where the files are not in a Hub
+    model repo (e.g. a Space).
     """
 
     license: str
@@ -257,6 +261,7 @@ class Weights:
     repo_id: str = HUB_REPO
     model_id: str | None = None
     package: str | None = None
+    fetch_hint: str | None = None
 
     def __post_init__(self) -> None:
         if self.format == "transformers" and not self.model_id:
@@ -284,7 +289,7 @@ class Weights:
                 raise WeightsNotFoundError(self.package, ["installed packages"], "", hint=f"install the package that carries them: pip install {self.package}")
             return [Path(next(iter(spec.submodule_search_locations)))]
         return [
-            find_checkpoint(f.name, weights, repo_id=self.repo_id, subfolder=f.subfolder, local_files_only=local_files_only)
+            find_checkpoint(f.name, weights, repo_id=self.repo_id, subfolder=f.subfolder, local_files_only=local_files_only, hint=self.fetch_hint)
             for f in self.files
         ]
 

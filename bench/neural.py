@@ -5,6 +5,8 @@
     python bench/neural.py --annotators softedge_hed --images 16   # a quicker look
     python bench/neural.py --annotators dw_openpose_full --repeats 5   # best of 5 runs each, on a busy machine
     OMP_NUM_THREADS=1 python bench/neural.py --annotators seg_ufade20k,seg_ofade20k --images 4   # segmentation
+    python bench/neural.py --annotators depth_anything_v2,depth_zoe --images 4   # ViT-L / BEiT-L: slow on a CPU
+    python bench/neural.py --annotators depth_anything_v2 --set depth_anything_v2.encoder=vits
 
 Weights are seeded stand-ins for the published checkpoints (rebuilt from shared/parity), so the
 figures measure speed only. DWPose runs the parity case's stand-in ONNX graphs, which are far smaller
@@ -87,24 +89,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="dtype of the batched path; the loop is always float32")
     parser.add_argument("--repeats", type=int, default=1, help="time each path this many times, alternately, and keep the best")
+    parser.add_argument("--set", action="append", default=[], metavar="ID.PARAM=VALUE", help="an annotator parameter, e.g. depth_anything_v2.encoder=vits")
     args = parser.parse_args()
+    overrides: dict[str, dict[str, object]] = {}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        name, _, key = target.partition(".")
+        overrides.setdefault(name, {})[key] = int(value) if value.isdigit() else value
 
     images = photographs(args.images, args.size)
     print(f"{args.images} images at {args.size}x{args.size}, device {args.device}, batch {args.batch_size} ({args.dtype}) vs loop (float32)")
-    print(f"{'annotator':<16}{'loop img/s':>12}{'batched img/s':>15}{'ratio':>8}")
+    print(f"{'annotator':<18}{'loop img/s':>12}{'batched img/s':>15}{'ratio':>8}")
     with tempfile.TemporaryDirectory() as folder:
         weights = SeededWeights(Path(folder))
         for name in args.annotators.split(","):
             cls = annotators.get_class(name)
-            location = str(weights.location(cls.weights))
-            loop = create(cls, weights=location, device=args.device, dtype="float32", batch_size=1)
-            batched = create(cls, weights=location, device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+            params = overrides.get(name, {})
+            location = str(weights.location(cls(**params).weights))  # which files may depend on the parameters
+            loop = create(cls, weights=location, device=args.device, dtype="float32", batch_size=1, **params)
+            batched = create(cls, weights=location, device=args.device, dtype=args.dtype, batch_size=args.batch_size, **params)
             # Alternating runs, best of each: on a shared machine one run can be half as fast as another.
             loop_rate = batched_rate = 0.0
             for _ in range(args.repeats):
                 loop_rate = max(loop_rate, images_per_second(loop, images, one_at_a_time=True))
                 batched_rate = max(batched_rate, images_per_second(batched, images, one_at_a_time=False))
-            print(f"{name:<16}{loop_rate:>12.2f}{batched_rate:>15.2f}{batched_rate / loop_rate:>7.2f}x", flush=True)
+            print(f"{name:<18}{loop_rate:>12.3g}{batched_rate:>15.3g}{batched_rate / loop_rate:>7.2f}x", flush=True)
 
 
 if __name__ == "__main__":

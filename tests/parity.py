@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tests import tiny_segmenters
+from tests.seeded_depth import WRITERS as DEPTH_WRITERS
 
 if TYPE_CHECKING:
     from annotators.weights import Weights
@@ -133,12 +134,17 @@ def write_published_checkpoint(c: Case, path: Path) -> Path:
     check_seeded(c, arrays)
     names = [k for k, _ in c.manifest["checkpoint_keys"]] if "checkpoint_keys" in c.manifest else list(arrays)
     state = {name: torch.from_numpy(np.ascontiguousarray(v)) for name, v in zip(names, arrays.values(), strict=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":  # a flat dict, as safetensors stores it
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+        return path
     container = next((m.get("container", "") for m in c.manifest.get("checkpoint_key_map", []) if "container" in m), "")
     if "['state_dict']" in container:
         state = {"state_dict": state}
     elif "['model']" in container:
         state = {"model": state}
-    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
 
@@ -200,6 +206,10 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "seg_ufade20k": {"resolution": 64},
     "seg_ofade20k": {"resolution": 64},
     "seg_ofcoco": {"resolution": 64},
+    # Depth Anything runs every image at >= 518 px: the registry runs a tiny transformers stand-in.
+    "depth_anything_v2": {"encoder": "vits", "weights_format": "transformers"},
+    "depth_anything": {"encoder": "vits", "weights_format": "transformers"},
+    "depth_zoe": {"weights_format": "transformers"},  # BEiT-L at 384x512, twice: a tiny stand-in
 }
 
 #: Annotators whose full seeded checkpoint is too large for tests that do not check parity (a
@@ -255,6 +265,7 @@ SEEDED_WRITERS: dict[str, Callable[[Path], object]] = {
     "facebook/mask2former-swin-large-ade-semantic": tiny_segmenters.write_tiny_mask2former,
     "shi-labs/oneformer_ade20k_swin_large": tiny_segmenters.write_tiny_oneformer_ade20k,
     "shi-labs/oneformer_coco_swin_large": tiny_segmenters.write_tiny_oneformer_coco,
+    **DEPTH_WRITERS,
 }
 
 
@@ -268,13 +279,18 @@ class SeededWeights:
     def ensure(self, filenames: tuple[str, ...] | list[str]) -> Path:
         for filename in filenames:
             target = self.folder / filename
-            if not target.exists():
-                if filename in SEEDED_WRITERS:
-                    SEEDED_WRITERS[filename](target)
-                elif filename in self._cases:
-                    write_published_checkpoint(case(self._cases[filename]), target)
-                else:
-                    raise KeyError(f"no parity case or seeded writer provides weights for {filename}")
+            # A parity case may hold the .safetensors copy of a declared .pth (the lookup takes either).
+            twin = target.with_suffix(".safetensors") if target.suffix in (".pth", ".pt") else target
+            if target.exists() or twin.exists():
+                continue
+            if filename in SEEDED_WRITERS:
+                SEEDED_WRITERS[filename](target)
+            elif filename in self._cases:
+                write_published_checkpoint(case(self._cases[filename]), target)
+            elif twin.name in self._cases:
+                write_published_checkpoint(case(self._cases[twin.name]), twin)
+            else:
+                raise KeyError(f"no parity case or seeded writer provides weights for {filename}")
         return self.folder
 
     def location(self, weights: Weights) -> Path:
@@ -292,8 +308,12 @@ class SeededWeights:
         import annotators
 
         cls = annotators.get_class(name)
+        params = {**FAST_PARAMS.get(name, {}), **params}
         if name in FAST_WEIGHTS:
             params.setdefault("weights", str(self.ensure([FAST_WEIGHTS[name]]) / FAST_WEIGHTS[name]))
-        elif cls.weights is not None and cls.weights.downloadable:
-            params.setdefault("weights", str(self.location(cls.weights)))
-        return cls(**{**FAST_PARAMS.get(name, {}), **params})
+        else:
+            # The instance's weights: which files it loads may depend on its parameters (e.g. a size).
+            weights = cls(**{k: v for k, v in params.items() if k != "weights"}).weights
+            if weights is not None and weights.downloadable:
+                params.setdefault("weights", str(self.location(weights)))
+        return cls(**params)
