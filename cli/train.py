@@ -46,6 +46,7 @@ def train_command(
     revision: Annotated[str | None, Opt(help="base model revision")] = None,
     variant: Annotated[str | None, Opt(help="base model weights variant, e.g. fp16")] = None,
     init_controlnet: Annotated[str | None, Opt(help="start from this ControlNet instead of the UNet encoder")] = None,
+    controlnet_init: Annotated[str, Opt(help="a new ControlNet's zero convolutions: zero (the paper) or gaussian (its ablation)")] = "zero",
     split: Annotated[str, Opt(help="dataset split")] = "train",
     dataset_revision: Annotated[str | None, Opt(help="dataset revision (Hub)")] = None,
     image_column: Annotated[str, Opt(help="target image column")] = "image",
@@ -71,7 +72,7 @@ def train_command(
     gradient_accumulation_steps: Annotated[int, Opt(help="micro-batches per optimizer step")] = 1,
     gradient_checkpointing: Annotated[bool, Opt(help="recompute activations to save memory")] = False,
     mixed_precision: Annotated[str, Opt(help="no, fp16 or bf16")] = "no",
-    max_steps: Annotated[int, Opt(help="optimizer steps in all")] = 10_000,
+    max_steps: Annotated[int, Opt(help="optimizer steps in all (0: save the initial ControlNet)")] = 10_000,
     seed: Annotated[int, Opt(help="seed of data order, noise and validation")] = 0,
     checkpointing_steps: Annotated[int, Opt(help="checkpoint every N steps (0: never)")] = 500,
     checkpoints_total_limit: Annotated[int, Opt(help="keep the last K checkpoints (0: all)")] = 3,
@@ -91,7 +92,8 @@ def train_command(
     try:
         config = TrainConfig(
             base_model=base_model, dataset=dataset, output_dir=str(output_dir), revision=revision, variant=variant,
-            init_controlnet=init_controlnet, split=split, dataset_revision=dataset_revision, image_column=image_column,
+            init_controlnet=init_controlnet, controlnet_init=controlnet_init, split=split,  # type: ignore[arg-type]
+            dataset_revision=dataset_revision, image_column=image_column,
             conditioning_column=conditioning_column, caption_column=caption_column, streaming=streaming,
             shuffle_buffer=shuffle_buffer, resolution=resolution, center_crop=not random_crop, random_flip=random_flip,
             dataloader_workers=dataloader_workers, empty_prompt_prob=empty_prompt_prob, unlock_decoder=unlock_decoder,

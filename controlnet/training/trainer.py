@@ -41,6 +41,9 @@ class TrainConfig:
     revision: str | None = None
     variant: str | None = None
     init_controlnet: str | None = None
+    # How a new ControlNet's zero convolutions start: "zero" (the paper), or "gaussian" for the
+    # paper's ablation of standard Gaussian-initialised convolutions in their place.
+    controlnet_init: Literal["zero", "gaussian"] = "zero"
     # Data
     split: str = "train"
     dataset_revision: str | None = None
@@ -96,9 +99,14 @@ class TrainConfig:
             (self.resolution > 0 and self.resolution % 8 == 0, "resolution must be a positive multiple of 8"),
             (self.train_batch_size >= 1, "train_batch_size must be >= 1"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.max_steps >= 0, "max_steps must be >= 0 (0 saves the initial ControlNet)"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+            (self.controlnet_init in ("zero", "gaussian"), "controlnet_init must be zero or gaussian"),
+            (
+                not (self.init_controlnet and self.controlnet_init != "zero"),
+                "controlnet_init applies to a new ControlNet, not to one given by init_controlnet",
+            ),
             (self.checkpointing_steps >= 0, "checkpointing_steps must be >= 0 (0 disables)"),
             (self.validation_steps >= 0, "validation_steps must be >= 0 (0 disables)"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0 disables)"),
@@ -157,6 +165,22 @@ def _conditioning_channels(vae_downsampling: int) -> tuple[int, ...]:
     if 2 ** (levels - 1) != vae_downsampling or levels > 4:
         raise TrainError(f"unsupported VAE downsampling factor {vae_downsampling}")
     return (16, 32, 96, 256)[:levels]
+
+
+def _gaussian_connections(controlnet: Any, seed: int) -> None:
+    """Give the convolutions that ``ControlNetModel.from_unet`` zeroes (the ones feeding the UNet's
+    skip connections and middle block, and the condition encoder's last one, all ``zero_module`` in
+    the original code) weights drawn from N(0, 1/fan_in), the variance-preserving init of a standard
+    convolution, and zero biases."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    layers = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.weight[0].numel()
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(fan_in))
+            layer.bias.zero_()
 
 
 def _make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> Any:
@@ -237,6 +261,8 @@ class _Trainer:
             self.controlnet = ControlNetModel.from_unet(
                 self.unet, conditioning_embedding_out_channels=_conditioning_channels(downsampling)
             )
+            if c.controlnet_init == "gaussian":
+                _gaussian_connections(self.controlnet, c.seed)
 
         for model in (self.vae, self.text_encoder, self.unet):
             model.requires_grad_(False)
