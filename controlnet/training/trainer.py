@@ -18,6 +18,7 @@ each process trains on its slice of every global batch.
 
 from __future__ import annotations
 
+import math
 import contextlib
 import json
 import logging
@@ -65,6 +66,7 @@ class TrainConfig:
     variant: str | None = param(None, "base model weights variant, e.g. fp16")
     vae: str | None = param(None, "a separate VAE folder or Hub id, e.g. an fp16-fixed SDXL VAE for mixed precision")
     init_controlnet: str | None = param(None, "start from this ControlNet (folder, Hub id or .safetensors) instead of the UNet encoder")
+    controlnet_init: str = param("zero", "a new ControlNet's zero convolutions: zero (the paper) or gaussian (the paper's ablation)", choices=("zero", "gaussian"))
     # Data
     split: str = param("train", "dataset split")
     dataset_revision: str | None = param(None, "dataset revision (Hub)")
@@ -102,7 +104,7 @@ class TrainConfig:
     mixed_precision: str = param("no", "precision of the frozen models and of autocast", choices=("no", "fp16", "bf16"))
     cache_latents: bool = param(False, "encode the images with the VAE once, on disk beside the run (needs centre crop, no flip)")
     cache_text_embeddings: bool = param(False, "encode the captions once, on disk beside the run; the text encoders leave the accelerator")
-    max_steps: int = param(10_000, "optimizer steps in all", ge=1)
+    max_steps: int = param(10_000, "optimizer steps in all (0: save the initial ControlNet)", ge=0)
     seed: int = param(0, "seed of data order, noise and validation")
     # Checkpoints
     checkpointing_steps: int = param(500, "checkpoint every N steps (0: never)", ge=0)
@@ -129,6 +131,10 @@ class TrainConfig:
             raise TrainError(out_of_range)
         checks = [
             (self.resolution % 8 == 0, "resolution must be a multiple of 8"),
+            (
+                not (self.init_controlnet and self.controlnet_init != "zero"),
+                "controlnet_init applies to a new ControlNet, not to one given by init_controlnet",
+            ),
             (
                 not (self.eval_every and self.validation_conditions),
                 "eval_every scores samples of the dataset's rows, whose conditions it knows; it cannot score validation_conditions",
@@ -167,6 +173,22 @@ class TrainResult:
 
 
 ProgressCallback = Callable[[int, dict[str, float]], None]
+
+
+def _gaussian_connections(controlnet: Any, seed: int) -> None:
+    """Give the convolutions that ``ControlNetModel.from_unet`` zeroes (the ones feeding the UNet's
+    skip connections and middle block, and the condition encoder's last one, all ``zero_module`` in
+    the original code) weights drawn from N(0, 1/fan_in), the variance-preserving init of a standard
+    convolution, and zero biases."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    layers = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.weight[0].numel()
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) / math.sqrt(fan_in))
+            layer.bias.zero_()
 
 
 def _make_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> Any:
@@ -292,6 +314,8 @@ class _Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(c.seed)
                 self.controlnet = ControlNetModel.from_unet(self.unet)
+            if c.controlnet_init == "gaussian":
+                _gaussian_connections(self.controlnet, c.seed)
         for model in (self.vae, *self.text.encoders, self.unet):
             model.requires_grad_(False)
             model.eval()

@@ -26,10 +26,13 @@ class BaseScale:
     unet_steps: int
     batch_size: int
     channels: int  # UNet width of its first level
-    learning_rate: float = 3e-4
+    vae_channels: tuple[int, ...] = (32, 32, 64, 64)  # widths of the VAE's four levels (8x downsampling)
+    vae_crop: int | None = None  # the VAE trains on random square crops of this side (None: whole images)
+    vae_learning_rate: float = 3e-3
+    learning_rate: float = 3e-4  # UNet and text encoder
 
 
-def _vae(size: int):
+def _vae(size: int, channels: tuple[int, ...]):
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -37,11 +40,14 @@ def _vae(size: int):
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(32, 32, 64, 64),
+        block_out_channels=channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=32,
+        norm_num_groups=min(32, math.gcd(*channels)),
         sample_size=size,
+        # Fully convolutional (no attention in the middle block), so that training on crops teaches
+        # it what it does on whole images.
+        mid_block_add_attention=False,
     )
 
 
@@ -81,19 +87,24 @@ def _text_encoder(vocab_size: int, hidden: int):
 
 
 def train_vae(images: np.ndarray, scale: BaseScale, seed: int, log: list[dict]) -> object:
-    """An AutoencoderKL trained on ``images`` (N x H x W x 3 uint8) with MSE and a small KL term."""
+    """An AutoencoderKL trained on ``images`` (N x H x W x 3 uint8) with an L1 reconstruction loss
+    (sharper edges than MSE) and a small KL term, on random crops when ``scale.vae_crop`` is set (the
+    full-resolution levels dominate its cost, and flat circles look alike at any crop)."""
     import torch
 
     torch.manual_seed(seed)
-    vae = _vae(scale.size)
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    vae = _vae(scale.size, scale.vae_channels)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=scale.vae_learning_rate, weight_decay=0.0)
     data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     generator = torch.Generator().manual_seed(seed)
+    crop = min(scale.vae_crop or scale.size, scale.size)
     for step in range(scale.vae_steps):
         batch = data[torch.randint(len(data), (scale.batch_size,), generator=generator)]
+        top, left = torch.randint(0, scale.size - crop + 1, (2,), generator=generator).tolist()
+        batch = batch[:, :, top : top + crop, left : left + crop]
         posterior = vae.encode(batch).latent_dist
         reconstruction = vae.decode(posterior.sample(generator)).sample
-        loss = torch.nn.functional.mse_loss(reconstruction, batch) + 1e-6 * posterior.kl().mean()
+        loss = (reconstruction - batch).abs().mean() + 1e-6 * posterior.kl().mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -102,16 +113,17 @@ def train_vae(images: np.ndarray, scale: BaseScale, seed: int, log: list[dict]) 
     return vae.eval().requires_grad_(False)
 
 
-def train_base(images: np.ndarray, captions: list[str], folder: Path, scale: BaseScale, seed: int = 0) -> dict:
-    """Train the VAE, then the UNet and text encoder, and save the pipeline in ``folder``. Returns the
-    losses and the time taken."""
+def train_base(images: np.ndarray, captions: list[str], folder: Path, scale: BaseScale, seed: int = 0, vae: object | None = None) -> dict:
+    """Train the VAE (unless a trained ``vae`` is given), then the UNet and text encoder, and save the
+    pipeline in ``folder``. Returns the losses and the time taken."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     started = time.perf_counter()
     log: list[dict] = []
-    vae = train_vae(images, scale, seed, log)
+    if vae is None:
+        vae = train_vae(images, scale, seed, log)
     data = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.inference_mode():
         latents = torch.cat([vae.encode(data[i : i + 64]).latent_dist.mean for i in range(0, len(data), 64)])

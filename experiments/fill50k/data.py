@@ -98,3 +98,23 @@ def circle_iou(sample: np.ndarray, circle: Circle) -> float:
     drawn = sample_mask(sample, circle)
     union = np.logical_or(target, drawn).sum()
     return float(np.logical_and(target, drawn).sum() / union) if union else 1.0
+
+
+def nearest_colours(sample: np.ndarray) -> np.ndarray:
+    """For each pixel, the index in :data:`COLOURS` of the named colour nearest to it (HxW)."""
+    palette = np.array(list(COLOURS.values()), np.float32)
+    distances = np.linalg.norm(sample.astype(np.float32)[:, :, None, :] - palette[None, None], axis=3)
+    return distances.argmin(axis=2)
+
+
+def drawn_colours(sample: np.ndarray, min_share: float = 0.02) -> tuple[str, str | None]:
+    """The named colours a sample drew: the background is the commonest colour of its border pixels,
+    the circle the commonest other colour (None when less than ``min_share`` of the image has one)."""
+    names = list(COLOURS)
+    labels = nearest_colours(sample)
+    border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
+    background = int(np.bincount(border, minlength=len(names)).argmax())
+    inside = labels[labels != background]
+    if inside.size < min_share * labels.size:
+        return names[background], None
+    return names[background], names[int(np.bincount(inside, minlength=len(names)).argmax())]

@@ -88,6 +88,44 @@ def test_config_rejects_bad_options() -> None:
         TrainConfig(base_model="b", dataset="d", empty_prompt_prob=1.5)
     with pytest.raises(TrainError, match="exclude"):
         TrainConfig(base_model="b", dataset="d", unlock_decoder=True, only_mid_control=True)
+    with pytest.raises(TrainError, match="controlnet_init must be"):
+        TrainConfig(base_model="b", dataset="d", controlnet_init="uniform")  # type: ignore[arg-type]
+    with pytest.raises(TrainError, match="not to one given by init_controlnet"):
+        TrainConfig(base_model="b", dataset="d", init_controlnet="cn", controlnet_init="gaussian")
+    with pytest.raises(TrainError, match="max_steps"):
+        TrainConfig(base_model="b", dataset="d", max_steps=-1)
+
+
+@pytest.mark.parametrize("init", ["zero", "gaussian"])
+def test_max_steps_0_saves_the_initial_controlnet(init: str, tiny_base: Path, fixed_batch_dataset: Path, tmp_path: Path) -> None:
+    """Zero init: every connecting convolution (and the condition encoder's last) is zero. Gaussian:
+    drawn from N(0, 1/fan_in), seeded, and the encoder copy is the UNet's either way."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from controlnet.training.trainer import train
+
+    def initial(seed: int, folder: Path) -> ControlNetModel:
+        result = train(TrainConfig(
+            base_model=str(tiny_base), dataset=str(fixed_batch_dataset), output_dir=str(folder), resolution=32,
+            train_batch_size=2, max_steps=0, controlnet_init=init, seed=seed, report_to=None,  # type: ignore[arg-type]
+        ))
+        assert result.global_step == 0 and result.losses == []
+        return ControlNetModel.from_pretrained(result.controlnet_dir)
+
+    controlnet = initial(0, tmp_path / "a")
+    unet = UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet")
+    assert torch.equal(controlnet.down_blocks[0].resnets[0].conv1.weight, unet.down_blocks[0].resnets[0].conv1.weight)
+    layers = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block, controlnet.controlnet_cond_embedding.conv_out]
+    if init == "zero":
+        assert all(float(layer.weight.detach().abs().max()) == 0 for layer in layers)
+        return
+    weights = torch.cat([(layer.weight.detach() * layer.weight[0].numel() ** 0.5).flatten() for layer in layers])
+    assert abs(float(weights.std()) - 1.0) < 0.05 and abs(float(weights.mean())) < 0.05
+    assert all(float(layer.bias.detach().abs().max()) == 0 for layer in layers)
+    again, other = initial(0, tmp_path / "b"), initial(1, tmp_path / "c")
+    assert torch.equal(again.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
+    assert not torch.equal(other.controlnet_mid_block.weight, controlnet.controlnet_mid_block.weight)
 
 
 def test_8bit_adam_without_bitsandbytes_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

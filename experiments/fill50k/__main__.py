@@ -1,0 +1,3 @@
+from experiments.fill50k.run import main
+
+main()
