@@ -5,10 +5,10 @@ a MiDaS v3.1 BEiT-L DPT with a metric bins head, run as transformers' ``ZoeDepth
 (see :mod:`annotators.nets.zoedepth`). ``weights_format`` picks the weights:
 
   * ``original`` (default): ``ZoeD_M12_N.pt`` from ``lllyasviel/Annotators``, the file v1.1 loads
-    (isl-org's release of ZoeD_M12_N, trained on NYU Depth v2), remapped by a pure function and
+    (named as isl-org's ZoeD_M12_N release, the NYU Depth v2 model), remapped by a pure function and
     loaded strictly.
-  * ``transformers``: a Hub conversion, ``transformers_model`` = ``Intel/zoedepth-nyu`` (a
-    conversion of the same ZoeD_M12_N training) or ``Intel/zoedepth-nyu-kitti`` (ZoeD_M12_NK: a
+  * ``transformers``: a Hub conversion, ``transformers_model`` = ``Intel/zoedepth-nyu`` (converted
+    from isl-org's ZoeD_N, i.e. ZoeD_M12_N) or ``Intel/zoedepth-nyu-kitti`` (ZoeD_M12_NK: a
     different training, on NYU and KITTI, with two metric heads and a router; its maps differ from
     v1.1's), loaded with ``AutoModelForDepthEstimation``.
 Weights licence: MIT (isl-org/ZoeDepth; the Intel conversions likewise).
@@ -75,9 +75,9 @@ def _padded_depth(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def infer(model: torch.nn.Module, x: torch.Tensor, *, one_pass: bool) -> torch.Tensor:
     """v1.1's ``model.infer(x)`` for an (N, 3, H, W) float32 batch in 0..1: (N, H, W) metric depth,
     the mean of the image's and its mirror's (mirrored back). ``one_pass`` runs both through one
-    forward pass (on accelerators); otherwise two, as the reference does: with seeded weights the
-    metric head's low-temperature bins amplify float noise, and the reference's own kernel choices
-    are then the closest match."""
+    forward pass (on accelerators); otherwise two of one image each, as the reference does, so that
+    the CPU picks the reference's kernels: the metric head's sharp bin distributions amplify float
+    noise enough to tip nearly tied pixels."""
     import torch
 
     flipped = torch.flip(x, dims=[3])
