@@ -88,7 +88,7 @@ def test_config_rejects_bad_options() -> None:
         TrainConfig(base_model="b", dataset="d", empty_prompt_prob=1.5)
     with pytest.raises(TrainError, match="exclude"):
         TrainConfig(base_model="b", dataset="d", unlock_decoder=True, only_mid_control=True)
-    with pytest.raises(TrainError, match="controlnet_init must be"):
+    with pytest.raises(TrainError, match="controlnet_init=.uniform. is invalid: must be one of .zero., .gaussian."):
         TrainConfig(base_model="b", dataset="d", controlnet_init="uniform")  # type: ignore[arg-type]
     with pytest.raises(TrainError, match="not to one given by init_controlnet"):
         TrainConfig(base_model="b", dataset="d", init_controlnet="cn", controlnet_init="gaussian")
