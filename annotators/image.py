@@ -35,6 +35,8 @@ __all__ = [
     "hwc3",
     "load_image",
     "read_image_file",
+    "jpeg_reduction",
+    "resize_decoded",
     "resize_image",
     "resized_size",
     "resize_short_side",
@@ -97,6 +99,22 @@ def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
     new_height, new_width = resized_size(height, width, resolution)
     interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
     return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
+
+
+def resize_decoded(decoded: DecodedImage, resolution: int) -> np.ndarray:
+    """:func:`resize_image` of the whole image that ``decoded`` holds, also when its pixels were
+    decoded at a reduced scale: the target size and the interpolation are those of the full image.
+    Identical to ``resize_image(decoded.pixels, resolution)`` for a full-scale decode."""
+    height, width = decoded.size
+    new_height, new_width = resized_size(height, width, resolution)
+    interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
+    return cv2.resize(decoded.pixels, (new_width, new_height), interpolation=interpolation)
+
+
+def jpeg_reduction(height: int, width: int, target: tuple[int, int]) -> int:
+    """The largest of libjpeg's reduced decoding scales (the denominator: 8, 4 or 2; 1 for a full
+    decode) at which a ``height`` x ``width`` JPEG still covers ``target`` (height, width)."""
+    return next((d for d in (8, 4, 2) if -(-height // d) >= target[0] and -(-width // d) >= target[1]), 1)
 
 
 def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
@@ -169,12 +187,20 @@ class DecodedImage:
     ``plain`` is true when the pixels are exactly what any reader gets by decoding the file and
     converting it to RGB: no EXIF rotation was applied and there was no alpha or high bit depth.
     ``gray`` is true when the file holds gray levels (its three decoded channels are equal).
+    ``reduction`` is the scale's denominator when a JPEG was decoded at 1/2, 1/4 or 1/8 of its size
+    (1: full size); ``size`` is the image's full (height, width), EXIF orientation applied.
     """
 
     pixels: np.ndarray
     format: str
     plain: bool
     gray: bool = False
+    reduction: int = 1
+    size: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.size == (0, 0):
+            object.__setattr__(self, "size", (self.pixels.shape[0], self.pixels.shape[1]))
 
 
 # EXIF orientation -> the numpy operations that undo it (as ImageOps.exif_transpose does).
@@ -279,15 +305,19 @@ def _with_libjpeg_warnings(call: Callable[[], T]) -> tuple[T, str | None]:
     return result, corrupt
 
 
-def _decode_jpeg_checked(data: bytes, source: str | os.PathLike[str] | None, mode: str) -> np.ndarray | None:
+_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _decode_jpeg_checked(data: bytes, source: str | os.PathLike[str] | None, mode: str, reduction: int = 1) -> np.ndarray | None:
     """Decode a JPEG with OpenCV's libjpeg-turbo, refusing one that libjpeg finds corrupt.
 
     For 8-bit RGB and gray files the pixels are returned: about 1.5x faster than Pillow and
-    bit-identical to it (both use libjpeg-turbo's default, exact IDCT and fancy upsampling). Other
+    bit-identical to it (both use libjpeg-turbo's default, exact IDCT and fancy upsampling), at
+    1/``reduction`` of the size in each direction (libjpeg's scaled IDCT, as Pillow's ``draft``). Other
     modes (CMYK) are only checked, at 1/8 scale (the whole scan is still read), and None is returned
     for Pillow to decode them: Pillow silences libjpeg's warnings, so it cannot tell."""
     buffer = np.frombuffer(data, np.uint8)
-    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if mode in ("RGB", "L") else cv2.IMREAD_REDUCED_GRAYSCALE_8
+    flags = _REDUCED_COLOR[reduction] | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if mode in ("RGB", "L") else cv2.IMREAD_REDUCED_GRAYSCALE_8
     pixels, corrupt = _with_libjpeg_warnings(lambda: cv2.imdecode(buffer, flags))
     if corrupt is not None:
         raise ImageError(source, f"corrupt or truncated image (libjpeg: {corrupt})")
@@ -361,8 +391,15 @@ def decode_image_info(
     *,
     source: str | os.PathLike[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduce_for: int | None = None,
 ) -> DecodedImage:
-    """:func:`decode_image`, also telling the format and whether the file could be used as is."""
+    """:func:`decode_image`, also telling the format and whether the file could be used as is.
+
+    ``reduce_for`` is the :func:`resize_image` resolution the pixels are for: an 8-bit RGB or gray
+    JPEG at least twice as large as that target is then decoded at the largest reduced scale that
+    still covers it (:func:`jpeg_reduction`), several times faster than a full decode; pass the
+    result to :func:`resize_decoded`. Other images are decoded at full size.
+    """
     if not isinstance(data, bytes):
         source = data if source is None else source
         data = read_image_file(data)
@@ -383,9 +420,16 @@ def decode_image_info(
             plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
             gray = img.mode in GRAY_MODES
             if img.format in ("JPEG", "MPO"):
-                checked = _decode_jpeg_checked(data, source, img.mode)
-                if img.format == "JPEG" and checked is not None and checked.shape[:2] == (height, width):
-                    return DecodedImage(_apply_orientation(checked, orientation), img.format, plain, gray)
+                reduction = 1
+                if reduce_for is not None and img.format == "JPEG":
+                    transposed = orientation in (5, 6, 7, 8)
+                    target = resized_size(*((width, height) if transposed else (height, width)), reduce_for)
+                    reduction = jpeg_reduction(height, width, target[::-1] if transposed else target)
+                checked = _decode_jpeg_checked(data, source, img.mode, reduction)
+                if img.format == "JPEG" and checked is not None and checked.shape[:2] == (-(-height // reduction), -(-width // reduction)):
+                    pixels = _apply_orientation(checked, orientation)
+                    size = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+                    return DecodedImage(pixels, img.format, plain, gray, reduction, size)
             fmt = img.format
             img.seek(0)  # first frame of animations
             img = ImageOps.exif_transpose(img) if exif else img

@@ -40,7 +40,7 @@ from annotators.image import (
     encode_image,
     encode_png,
     read_image_file,
-    resize_image,
+    resize_decoded,
     resized_size,
 )
 from controlnet.dataset.config import filter_for
@@ -137,9 +137,11 @@ class Pipeline:
         image_format: str = "auto",
         jpeg_quality: int = 95,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        decode: str = "exact",
         load_annotators: bool = True,
     ) -> None:
         self.resolution = resolution
+        self.decode = decode
         self.max_pixels = max_pixels
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
@@ -182,14 +184,15 @@ class Pipeline:
                     data = read_image_file(item.path or "", self.max_file_bytes)
             elif len(data) > self.max_file_bytes:
                 raise ImageError(source, f"file too large ({len(data)} bytes > {self.max_file_bytes})")
-            decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels)
+            reduce_for = self.resolution if self.decode == "reduced" else None
+            decoded = decode_image_info(data, source=source, max_pixels=self.max_pixels, reduce_for=reduce_for)
             pixels = decoded.pixels
             if self.resolution is not None:
-                height, width = resized_size(pixels.shape[0], pixels.shape[1], self.resolution)
+                height, width = resized_size(*decoded.size, self.resolution)
                 if height * width > self.max_pixels:  # e.g. a 20000x20 strip, whose short side goes to 512
                     raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
-                pixels = resize_image(pixels, self.resolution)
-            if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape == decoded.pixels.shape:
+                pixels = resize_decoded(decoded, self.resolution)
+            if decoded.plain and decoded.format in KEPT_FORMATS and decoded.reduction == 1 and pixels.shape[:2] == decoded.size:
                 # Nothing changed: keep the file as it is. A reader decodes the pixels decoded here
                 # (the JPEG fast path is bit-identical to Pillow's decoder).
                 return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format), (pixels.shape[0], pixels.shape[1]))

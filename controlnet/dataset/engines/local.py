@@ -134,7 +134,7 @@ def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]
 
 
 def pipeline_args(config: BuildConfig) -> tuple[Any, ...]:
-    return (config.annotators, config.filters, None if config.keep_size else config.resolution, config.max_pixels, config.image_format, config.jpeg_quality, config.max_file_bytes)
+    return (config.annotators, config.filters, None if config.keep_size else config.resolution, config.max_pixels, config.image_format, config.jpeg_quality, config.max_file_bytes, config.decode)
 
 
 def _how(exitcode: int | None) -> str:

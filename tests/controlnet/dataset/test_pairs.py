@@ -5,6 +5,7 @@ stored format, resized or not; and stored images follow one documented rule for 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_image_format_and_quality_choose_how_re_encoded_images_are_stored(source
     assert len(low["resized.png"]["image"]["bytes"]) < len(high["resized.png"]["image"]["bytes"])
 
 
-def test_image_format_and_quality_are_part_of_the_identity(tmp_path: Path) -> None:
+def test_image_format_quality_and_decode_are_part_of_the_identity(tmp_path: Path) -> None:
     from controlnet.dataset.sources import open_source
 
     folder = tmp_path / "images"
@@ -123,10 +124,41 @@ def test_image_format_and_quality_are_part_of_the_identity(tmp_path: Path) -> No
     base = BuildConfig(input=str(folder), output=tmp_path / "ds", annotators=(("canny", annotators.get_class("canny").Config()),))
     identities = [
         BuildConfig(**{**base.__dict__, **change}).identity(source)
-        for change in ({}, {"image_format": "png"}, {"jpeg_quality": 80})
+        for change in ({}, {"image_format": "png"}, {"jpeg_quality": 80}, {"decode": "reduced"})
     ]
-    assert identities[0] != identities[1] and identities[0] != identities[2]
+    assert len({json.dumps(identity, sort_keys=True) for identity in identities}) == 4
+    assert "decode" not in identities[0]  # the exact decode keeps the identity of outputs built before the option
     with pytest.raises(ValueError, match="image_format"):
         BuildConfig(**{**base.__dict__, "image_format": "gif"})
     with pytest.raises(ValueError, match="jpeg_quality"):
         BuildConfig(**{**base.__dict__, "jpeg_quality": 101})
+    with pytest.raises(ValueError, match="decode"):
+        BuildConfig(**{**base.__dict__, "decode": "fast"})
+
+
+def test_reduced_decoding_shrinks_large_jpegs_to_the_same_sizes_and_pairs_still_agree(tmp_path: Path) -> None:
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    (folder / "large.jpg").write_bytes(encode(photo(0, 330, 280), "JPEG", quality=90))  # 64 x 64 target: 1/4 scale
+    rotated = Image.fromarray(photo(1, 300, 140))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    rotated.save(buffer, "JPEG", quality=90, exif=exif.tobytes())
+    (folder / "rotated.jpg").write_bytes(buffer.getvalue())  # 300 x 140 stored, 140 x 300 shown: 1/2 scale
+    (folder / "small.jpg").write_bytes(encode(photo(2, 100, 80), "JPEG", quality=90))  # too small to reduce
+    (folder / "large.png").write_bytes(encode(photo(3, 330, 280), "PNG"))  # not a JPEG: decoded whole
+    exact = {row["file_name"]: row for row in build_pairs(folder, tmp_path / "exact")}
+    reduced = {row["file_name"]: row for row in build_pairs(folder, tmp_path / "reduced", decode="reduced")}
+    canny = annotators.create("canny")
+    for name, row in reduced.items():
+        assert (row["height"], row["width"]) == (exact[name]["height"], exact[name]["width"])
+        image = read(row["image"]["bytes"])
+        assert image.shape[:2] == (row["height"], row["width"])
+        np.testing.assert_array_equal(canny([image])[0], read(row["canny"]["bytes"]))
+    assert (reduced["rotated.jpg"]["height"], reduced["rotated.jpg"]["width"]) == (128, 64)
+    for name in ("small.jpg", "large.png"):  # decoded at full size either way
+        assert reduced[name]["image"]["bytes"] == exact[name]["image"]["bytes"]
+    for name in ("large.jpg", "rotated.jpg"):  # a different decode: the same picture, not the same pixels
+        difference = np.abs(read(reduced[name]["image"]["bytes"]).astype(int) - read(exact[name]["image"]["bytes"]).astype(int))
+        assert 0 < difference.mean() < 12  # of 255
