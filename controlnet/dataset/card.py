@@ -244,6 +244,7 @@ def render_card(info: CardInfo, dataset_id: str = "path/to/dataset") -> str:
         "",
         f"- Source: {source_description(info.identity.get('input', {}))}",
         f"- Resolution: {f'{resolution} (reference `resize_image`)' if resolution else 'original sizes (--keep-size)'}",
+        *(["- Decoding: JPEGs at least twice the target size decoded by libjpeg at 1/2, 1/4 or 1/8 scale, then resized (`--decode reduced`)"] if info.identity.get("decode") == "reduced" else []),
         f"- Default prompt: \"{_cell(info.identity.get('prompt'))}\"",
     ]
     for column in info.layout.data_columns:

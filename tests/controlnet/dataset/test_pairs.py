@@ -162,3 +162,5 @@ def test_reduced_decoding_shrinks_large_jpegs_to_the_same_sizes_and_pairs_still_
     for name in ("large.jpg", "rotated.jpg"):  # a different decode: the same picture, not the same pixels
         difference = np.abs(read(reduced[name]["image"]["bytes"]).astype(int) - read(exact[name]["image"]["bytes"]).astype(int))
         assert 0 < difference.mean() < 12  # of 255
+    assert "--decode reduced" in (tmp_path / "reduced" / "README.md").read_text()
+    assert "--decode" not in (tmp_path / "exact" / "README.md").read_text()
