@@ -13,6 +13,7 @@ vocabulary is written here. Their weights are random: what they generate is nois
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +36,41 @@ def _byte_symbols() -> list[str]:
     return [symbols[b] for b in range(256)]
 
 
-def write_tokenizer(folder: Path) -> int:
-    """A merge-free CLIP tokenizer in ``folder``; returns its vocabulary size."""
+def _word_merges(words: Sequence[str]) -> list[tuple[str, str]]:
+    """BPE merges, learned by the ``tokenizers`` trainer on ``words`` until none is left to make,
+    that encode each of ``words`` as one token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    learner = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    learner.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=1 << 20, min_frequency=0, show_progress=False, end_of_word_suffix="</w>")
+    learner.train_from_iterator(sorted(set(words)), trainer)
+    return [tuple(merge) for merge in json.loads(learner.to_str())["model"]["merges"]]
+
+
+def write_tokenizer(folder: Path, words: Sequence[str] = (), max_length: int = MAX_TOKENS) -> int:
+    """A CLIP tokenizer in ``folder`` that pads prompts to ``max_length`` tokens; returns its
+    vocabulary size. Without ``words`` it has no merges (every byte is a token); with them (ASCII,
+    lower case) it has the merges that make each of them one token, as CLIP's own merges do for
+    common English words."""
     folder.mkdir(parents=True, exist_ok=True)
     symbols = _byte_symbols()
-    tokens = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    merges = _word_merges(words) if words else []
+    merged = [a + b for a, b in merges if a + b not in symbols]
+    tokens = symbols + [s + "</w>" for s in symbols] + list(dict.fromkeys(merged)) + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     import inspect
 
     from transformers import CLIPTokenizer
 
     if "vocab" in inspect.signature(CLIPTokenizer.__init__).parameters:  # transformers >= 5
-        files = {"vocab": {t: i for i, t in enumerate(tokens)}, "merges": []}
+        files = {"vocab": vocab, "merges": merges}
     else:
         files = {"vocab_file": str(folder / "vocab.json"), "merges_file": str(folder / "merges.txt")}
-    CLIPTokenizer(**files, model_max_length=MAX_TOKENS).save_pretrained(folder)
-    return len(tokens)
+    CLIPTokenizer(**files, model_max_length=max_length).save_pretrained(folder)
+    return len(vocab)
 
 
 def _tiny_vae(channels: int, scaling_factor: float, force_upcast: bool) -> Any:

@@ -134,12 +134,16 @@ def table(results: dict[str, Any]) -> str:
                 f"| {name} | {label} | " + " | ".join(f"{v:.3f}" for v in values)
                 + f" | {jump if jump is not None else 'no rise'} | {start}→{end} ({share:.0%} of the rise) |"
             )
-    lines += ["", "| run | colours right at the end | edge F1 with empty prompts (end) | step 0 = base model | train time | sampling + scoring time |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| run | colours right at the end | edge F1 with empty prompts (end) | condition's share of the residuals (end) | step 0 = base model | train time | sampling + scoring time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, run in results["runs"].items():
         step0 = run["step0"]
         same = "bit-identical" if step0["identical"] else f"no: {step0['pixels_changed']:.0%} of pixels differ, mean |Δ| {step0['mean_abs_difference']:.1f}"
         lines.append(
-            f"| {name} | {run['curve']['colour'][-1]['both']:.2f} | {run['final_empty_prompt_f1']:.3f} | {same} "
+            f"| {name} | {run['curve']['colour'][-1]['both']:.2f} | {run['final_empty_prompt_f1']:.3f} | {run['probe']['condition_share']:.3g} | {same} "
             f"| {run['train_seconds'] / 60:.1f} min | {run['eval_seconds'] / 60:.1f} min |"
         )
     base = results["base"]["samples"]

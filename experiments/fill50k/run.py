@@ -35,6 +35,7 @@ import numpy as np
 
 from experiments.fill50k import data
 from experiments.fill50k.base import BaseScale, train_base
+from experiments.fill50k.probe import condition_share
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class Preset:
 # The learning rate departs from the paper's 1e-5 (see docs/experiments.md): AdamW moves every weight
 # by about the learning rate per step whatever the gradient's size, so the zero convolutions need
 # about (useful weight / lr) steps to open. The paper's run has thousands of steps for that; these
-# runs have hundreds, and their models are trained from scratch at 3e-4. 1e-4 keeps the paper's
-# ratio of fine-tuning to pretraining rate (SD 1.x pretrained at 1e-4, ControlNet 1e-5) to within 3x.
+# runs have hundreds, and their base is pretrained from scratch at 1e-3. 1e-4 keeps the paper's
+# ratio of ControlNet to pretraining rate (SD 1.x pretrained at 1e-4, ControlNet trained at 1e-5).
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         size=32, train_images=8, val_conditions=2,
@@ -65,12 +66,12 @@ PRESETS: dict[str, Preset] = {
     ),
     "cpu": Preset(
         size=64, train_images=2000, val_conditions=24,
-        base=BaseScale(size=64, vae_steps=400, unet_steps=1500, batch_size=32, channels=32, vae_channels=(16, 32, 32, 64)),
+        base=BaseScale(size=64, vae_steps=1200, unet_steps=3000, batch_size=32, channels=32, vae_channels=(16, 32, 64, 64), vae_crop=32),
         steps=1000, eval_every=125, batch_size=16, learning_rate=1e-4,
     ),
     "gpu": Preset(
         size=128, train_images=10000, val_conditions=64,
-        base=BaseScale(size=128, vae_steps=1500, unet_steps=6000, batch_size=64, channels=64, vae_channels=(32, 32, 64, 64)),
+        base=BaseScale(size=128, vae_steps=1500, unet_steps=6000, batch_size=64, channels=64, vae_channels=(32, 32, 64, 64), vae_crop=64),
         steps=3000, eval_every=250, batch_size=32, learning_rate=1e-4,
     ),
 }
@@ -290,35 +291,58 @@ def step_zero_check(run: Path, base_folder: Path) -> dict[str, Any]:
 # --- the whole experiment ------------------------------------------------------------------------
 
 
-def run_experiment(preset_name: str, work: Path, report: Path, seed: int = 0, ablations: Sequence[Ablation] = ABLATIONS) -> dict[str, Any]:
+def run_experiment(
+    preset_name: str,
+    work: Path,
+    report: Path,
+    seed: int = 0,
+    ablations: Sequence[Ablation] = ABLATIONS,
+    overrides: dict[str, Any] | None = None,
+    reuse_base: bool = False,
+) -> dict[str, Any]:
+    """The whole experiment; ``overrides`` replace fields of the ControlNet runs' preset (steps,
+    eval_every, learning_rate), and ``reuse_base`` takes the sets, datasets and base model that an
+    earlier run of the same preset and seed left in ``work`` instead of making them again."""
     from experiments.fill50k.report import write_report
 
-    preset = PRESETS[preset_name]
+    preset = replace(PRESETS[preset_name], **(overrides or {}))
     work.mkdir(parents=True, exist_ok=True)
     report.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cpu_started = time.process_time()
     timings: dict[str, float] = {}
+    paths = Paths(work, work / "base", work / "datasets" / "train", work / "datasets" / "val")
+    base_log_path = paths.base / "training_log.json"
+    if reuse_base and not base_log_path.is_file():
+        raise SystemExit(f"--reuse-base: no trained base in {work} (run once without it)")
 
     mark = time.perf_counter()
-    train_circles, val_circles = make_sets(work, preset, seed)
+    if reuse_base:
+        train_circles = data.random_circles(preset.train_images, preset.size, seed)
+        val_circles = data.random_circles(preset.val_conditions, preset.size, seed + 1, prefix="val-")
+        if data.read_circles(work / "images" / "val") != val_circles:
+            raise SystemExit(f"--reuse-base: {work} holds the sets of another preset or seed")
+    else:
+        train_circles, val_circles = make_sets(work, preset, seed)
     timings["generate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    for stale in ("datasets",):
-        shutil.rmtree(work / stale, ignore_errors=True)
-    paths = Paths(
-        work, work / "base", build_dataset(work / "images" / "train", work / "datasets" / "train"),
-        build_dataset(work / "images" / "val", work / "datasets" / "val"),
-    )
+    if not reuse_base:
+        shutil.rmtree(work / "datasets", ignore_errors=True)
+        build_dataset(work / "images" / "train", paths.train_dataset)
+        build_dataset(work / "images" / "val", paths.val_dataset)
     timings["annotate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    shutil.rmtree(paths.base, ignore_errors=True)
-    images = np.stack([data.draw(c, preset.size) for c in train_circles])
-    base_log = train_base(images, [c.caption for c in train_circles], paths.base, preset.base, seed)
+    if reuse_base:
+        base_log = json.loads(base_log_path.read_text())
+    else:
+        shutil.rmtree(paths.base, ignore_errors=True)
+        images = np.stack([data.draw(c, preset.size) for c in train_circles])
+        base_log = train_base(images, [c.caption for c in train_circles], paths.base, preset.base, seed)
+        base_log_path.write_text(json.dumps(base_log))
     timings["base"] = time.perf_counter() - mark
-    print(f"base trained in {base_log['seconds']:.0f} s", flush=True)
+    print(f"base {'reused' if reuse_base else 'trained'}: {base_log['seconds']:.0f} s of training", flush=True)
 
     circles = {c.file_name: c for c in val_circles}
     mark = time.perf_counter()
@@ -338,10 +362,12 @@ def run_experiment(preset_name: str, work: Path, report: Path, seed: int = 0, ab
         mark = time.perf_counter()
         runs[ablation.name] = train_run(ablation, paths, preset, seed, circles)
         runs[ablation.name]["step0"] = step_zero_check(work / "runs" / ablation.name, base_folder)
+        runs[ablation.name]["probe"] = condition_share(work / "runs" / ablation.name / "train" / "controlnet", paths.base, paths.val_dataset)
         timings[f"run {ablation.name}"] = time.perf_counter() - mark
 
     results = {
-        "preset": preset_name, "settings": asdict(preset), "seed": seed, "device": _device(),
+        "preset": preset_name, "settings": asdict(preset), "overrides": overrides or {}, "reused_base": reuse_base,
+        "seed": seed, "device": _device(),
         "machine": {"cpus": os.cpu_count(), "torch_threads": _threads(), "load_average": list(os.getloadavg()), "python": platform.python_version()},
         "base": {"log": base_log["log"], "seconds": base_log["seconds"], "samples": base_scores},
         "vae_round_trip": ceiling, "runs": runs, "timings": timings,
@@ -365,7 +391,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, default=None, help="folder for results.json, the plot, grids and table (default: WORK/report)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--reuse-base", action="store_true", help="reuse the sets, datasets and base model an earlier run left in WORK")
+    parser.add_argument("--ablations", default=",".join(a.name for a in ABLATIONS), help="the runs, by name, comma-separated")
+    parser.add_argument("--steps", type=int, default=None, help="ControlNet steps of each run (default: the preset's)")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between scorings (default: the preset's)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="the ControlNets' learning rate (default: the preset's)")
     args = parser.parse_args(argv)
+    by_name = {a.name: a for a in ABLATIONS}
+    unknown = [name for name in args.ablations.split(",") if name not in by_name]
+    if unknown:
+        parser.error(f"unknown ablation {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    chosen = [by_name[name] for name in args.ablations.split(",")]
+    overrides = {key: value for key, value in (("steps", args.steps), ("eval_every", args.eval_every), ("learning_rate", args.learning_rate)) if value is not None}
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -375,5 +412,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    results = run_experiment(args.preset, args.work, args.report or args.work / "report", args.seed)
+    results = run_experiment(args.preset, args.work, args.report or args.work / "report", args.seed, chosen, overrides, args.reuse_base)
     print(f"done in {results['wall_seconds'] / 60:.1f} min; report in {args.report or args.work / 'report'}")

@@ -96,3 +96,33 @@ def test_jump_and_largest_rise() -> None:
     assert (start, end) == (200, 300) and share == pytest.approx(0.45 / 0.55)
     assert jump_step(steps, [0.3, 0.32, 0.31, 0.33, 0.35]) is None  # a rise under 0.1 is no jump
     assert key_steps([0, 1, 2]) == [0, 0, 1, 1, 2]
+
+
+def test_a_rerun_reuses_the_base_and_takes_other_steps_and_rates(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    from experiments.fill50k.run import ABLATIONS, run_experiment
+
+    folder, first = tiny_run
+    weights = folder / "work" / "base" / "unet" / "diffusion_pytorch_model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = run_experiment(
+        "tiny", folder / "work", folder / "report-again", ablations=[ABLATIONS[0]], overrides={"steps": 4, "eval_every": 2, "learning_rate": 1e-3}, reuse_base=True
+    )
+    assert weights.stat().st_mtime_ns == before  # not trained again
+    assert again["reused_base"] and again["base"]["log"] == first["base"]["log"]
+    assert list(again["runs"]) == ["zero-init"] and again["runs"]["zero-init"]["curve"]["step"] == [0, 2, 4]
+    assert again["settings"]["learning_rate"] == 1e-3 and again["overrides"]["steps"] == 4
+
+
+def test_the_probe_measures_how_much_the_residuals_depend_on_the_condition(tiny_run: tuple[Path, dict[str, Any]]) -> None:
+    from experiments.fill50k.probe import condition_share
+
+    folder, results = tiny_run
+    for name, run in results["runs"].items():
+        probe = run["probe"]
+        assert probe["residual"] > 0 and 0 <= probe["condition_change"], name
+        assert probe["condition_share"] == pytest.approx(probe["condition_change"] / probe["residual"])
+    # The initial zero-initialised ControlNet adds nothing at all, with or without its condition.
+    work = folder / "work"
+    assert condition_share(work / "runs" / "zero-init" / "initial" / "controlnet", work / "base", work / "datasets" / "val") == {
+        "residual": 0.0, "condition_change": 0.0, "condition_share": 0.0
+    }
