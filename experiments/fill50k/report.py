@@ -130,10 +130,8 @@ def table(results: dict[str, Any]) -> str:
             values = [curve[metric][curve["step"].index(s)] for s in keys]
             jump = jump_step(curve["step"], curve[metric])
             start, end, share = largest_rise(curve["step"], curve[metric])
-            lines.append(
-                f"| {name} | {label} | " + " | ".join(f"{v:.3f}" for v in values)
-                + f" | {jump if jump is not None else 'no rise'} | {start}→{end} ({share:.0%} of the rise) |"
-            )
+            rise = f"{start}→{end} ({share:.0%} of the rise)" if jump is not None else "-"  # no rise: no share of it
+            lines.append(f"| {name} | {label} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {jump if jump is not None else 'no rise'} | {rise} |")
     lines += [
         "",
         "| run | colours right at the end | edge F1 with empty prompts (end) | condition's share of the residuals (end) | step 0 = base model | train time | sampling + scoring time |",
