@@ -31,6 +31,7 @@ __all__ = [
     "available",
     "create",
     "get_class",
+    "info",
     "names",
     "param",
     "register",
@@ -172,21 +173,21 @@ def create(name: str, **params: Any) -> Annotator:
     return get_class(name)(**params)
 
 
+def info(name: str) -> AnnotatorInfo:
+    """The description, weights, licence, kind of data and origin of the annotator ``name``
+    (importing its module alone)."""
+    cls = get_class(name)
+    weights = cls.weights
+    return AnnotatorInfo(
+        name=name,
+        description=cls.description,
+        needs_weights=weights is not None and weights.downloadable,
+        weights_license=weights.license if weights is not None else None,
+        data_kind=cls.data_kind.name if cls.data_kind is not None else None,
+        source="builtin" if name in _BUILTIN else "registered" if name in _REGISTERED else _plugins()[name][1],
+    )
+
+
 def available() -> list[AnnotatorInfo]:
     """Every annotator with its description, weights, licence and kind of data."""
-    infos = []
-    for name in names():
-        cls = get_class(name)
-        source = "builtin" if name in _BUILTIN else "registered" if name in _REGISTERED else _plugins()[name][1]
-        weights = cls.weights
-        infos.append(
-            AnnotatorInfo(
-                name=name,
-                description=cls.description,
-                needs_weights=weights is not None and weights.downloadable,
-                weights_license=weights.license if weights is not None else None,
-                data_kind=cls.data_kind.name if cls.data_kind is not None else None,
-                source=source,
-            )
-        )
-    return infos
+    return [info(name) for name in names()]

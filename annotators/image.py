@@ -88,8 +88,9 @@ def hwc3(x: np.ndarray) -> np.ndarray:
 def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     """``(height, width)`` that :func:`resize_image` gives, without resizing."""
     scale = float(resolution) / min(height, width)
-    # At least one block of 64 where the reference would round a side to 0 and crash.
-    return max(1, int(np.round(height * scale / 64.0))) * 64, max(1, int(np.round(width * scale / 64.0))) * 64
+    # At least one block of 64 where the reference would round a side to 0 and crash. Python's round
+    # rounds half to even, as the reference's np.round does, without numpy's cost on scalars.
+    return max(1, round(height * scale / 64.0)) * 64, max(1, round(width * scale / 64.0)) * 64
 
 
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:

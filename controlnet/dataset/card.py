@@ -138,7 +138,7 @@ def _annotator_rows(info: CardInfo) -> list[tuple[str, str, str, str, str]]:
     provides it."""
     import annotators
 
-    infos = {i.name: i for i in annotators.available() if i.name in info.layout.annotators}
+    infos = {name: annotators.info(name) for name in info.layout.annotators}
     rows = []
     for name, params in info.identity.get("annotators", {}).items():
         shown = ", ".join(f"{key}={value!r}" for key, value in params.items()) or "(none)"
@@ -293,6 +293,8 @@ def set_repo_id(output: Path, repo_id: str) -> None:
 
 def previous_license(output: Path) -> str | None:
     """The licence an earlier run of this build wrote in the card, so that a resumed run keeps it."""
+    if not (output / CARD_FILE).is_file():  # a new build: no need to import the card reader
+        return None
     import yaml
     from huggingface_hub.repocard import metadata_load
 

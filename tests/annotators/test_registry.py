@@ -31,6 +31,19 @@ def test_registry_lists_every_builtin_with_description() -> None:
         assert annotators.get_class(info.name).name == info.name
 
 
+def test_info_of_one_annotator_is_its_entry_in_the_listing_and_imports_no_other() -> None:
+    import subprocess
+    import sys
+
+    listed = {i.name: i for i in annotators.available()}
+    for name in NAMES:
+        assert annotators.info(name) == listed[name]
+    # In a fresh interpreter: the card asks for its annotators' info, and must not import them all.
+    code = "import sys, annotators; annotators.info('canny'); print(sorted(m for m in sys.modules if m.startswith('annotators.')))"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "annotators.canny" in imported and "annotators.hed" not in imported and "annotators.dwpose" not in imported
+
+
 def test_unknown_annotator_names_the_available_ones() -> None:
     with pytest.raises(annotators.UnknownAnnotatorError) as err:
         annotators.create("cany")
