@@ -287,7 +287,7 @@ def _run_local(
     if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
         config = dataclasses.replace(config, workers=1)
     try:
-        with contextlib.closing(local.run(config, pending)) as chunks:  # closed first on an error: the workers stop at once
+        with contextlib.closing(local.run(config, pending, state.total - state.done_before)) as chunks:  # closed first on an error: the workers stop at once
             for results in chunks:
                 for result in results:
                     if isinstance(result, Skip):

@@ -122,12 +122,21 @@ def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], 
             connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
 
-def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+def _chunks(items: Iterable[SourceItem], size: int, count: int | None = None, workers: int = 1) -> Iterator[list[SourceItem]]:
+    """Chunks of ``size`` inputs. When there are ``count`` inputs in all, the last ones, fewer than
+    two rounds of chunks for ``workers``, are cut finer and finer down to single inputs, so that the
+    workers finish together instead of one of them working alone through a last chunk (which costs
+    most with large photos)."""
+    left = count
     chunk: list[SourceItem] = []
+    limit = size
     for item in items:
+        if not chunk and left is not None:
+            limit = size if left >= 2 * workers * size else max(1, -(-left // (2 * workers)))
         chunk.append(item)
-        if len(chunk) == size:
+        if len(chunk) == limit:
             yield chunk
+            left = None if left is None else left - len(chunk)
             chunk = []
     if chunk:
         yield chunk
@@ -224,11 +233,16 @@ class _Pool:
                 worker.process.join()
 
 
-def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row | Skip]]:
-    """Processed chunks in input order, from this process or a pool with a bounded window.
+def run(config: BuildConfig, items: Iterable[SourceItem], count: int | None = None) -> Iterator[list[Row | Skip]]:
+    """Processed chunks in input order, from this process or a pool with a bounded window;
+    ``count``, the number of ``items`` if known, lets the last chunks be cut finer when the workers
+    annotate image by image.
     Closing the generator early (an error, Ctrl-C) stops the workers at once."""
     args = pipeline_args(config)
-    chunks = _chunks(items, config.chunk_size())
+    # Cutting the last chunks finer balances workers that annotate image by image; batches (for an
+    # accelerator, or an annotator that prefers them) keep their size.
+    per_image = config.workers > 1 and not config.is_central and all(a.preferred_batch_size == 1 for a in config.instances())
+    chunks = _chunks(items, config.chunk_size(), count if per_image else None, config.workers)
     if config.workers == 1:
         pipeline = Pipeline(*args)
         threads = cv2.getNumThreads()
