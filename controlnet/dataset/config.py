@@ -37,6 +37,9 @@ DEFAULT_RESOLUTION = 512
 ENGINES = ("local", "ray")
 #: how JPEGs that are shrunk are decoded (BuildConfig.decode)
 DECODES = ("exact", "reduced")
+#: identity entries added after the first builds, with the value those builds had: an older
+#: output's identity gets them before it is compared, so that it can still be resumed
+IDENTITY_ADDED = {"decode": "exact"}
 
 
 class BuildError(RuntimeError):
@@ -153,10 +156,8 @@ class BuildConfig:
                 "max_file_bytes": self.max_file_bytes,
                 "image_format": self.image_format,
                 "jpeg_quality": self.jpeg_quality,
+                "decode": self.decode,
                 "input": source.identity,
-                # Only when it is not the exact decode, which every build before this option made:
-                # their outputs keep their identity and can still be resumed.
-                **({"decode": self.decode} if self.decode != "exact" else {}),
             }
         )
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controlnet.dataset.config import BuildError
+from controlnet.dataset.config import IDENTITY_ADDED, BuildError
 from controlnet.dataset.layout import (
     BUILD_FILE,
     DATA_DIR,
@@ -102,7 +102,7 @@ def prepare_output(output: Path, identity: dict[str, Any], overwrite: bool) -> N
             if overwrite:  # whatever build.json says, even if it no longer reads
                 _clear(output)
             else:
-                previous = _read_identity(build_file)
+                previous = {**IDENTITY_ADDED, **_read_identity(build_file)}
                 if previous != identity:
                     changes = "; ".join(_describe_change(previous, identity))
                     raise BuildError(f"{output} was built with other settings ({changes}). Use --overwrite to replace it, or choose another output folder")

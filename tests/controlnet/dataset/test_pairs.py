@@ -15,7 +15,7 @@ from PIL import Image
 
 import annotators
 from annotators.image import hwc3
-from controlnet.dataset.build import BuildConfig, build, shard_paths
+from controlnet.dataset.build import BuildConfig, BuildError, build, shard_paths
 from tests.controlnet.helpers import encode, photo
 
 #: every registered annotator that needs no weights at all (bundled models count as weights)
@@ -127,7 +127,7 @@ def test_image_format_quality_and_decode_are_part_of_the_identity(tmp_path: Path
         for change in ({}, {"image_format": "png"}, {"jpeg_quality": 80}, {"decode": "reduced"})
     ]
     assert len({json.dumps(identity, sort_keys=True) for identity in identities}) == 4
-    assert "decode" not in identities[0]  # the exact decode keeps the identity of outputs built before the option
+    assert identities[0]["decode"] == "exact"
     with pytest.raises(ValueError, match="image_format"):
         BuildConfig(**{**base.__dict__, "image_format": "gif"})
     with pytest.raises(ValueError, match="jpeg_quality"):
@@ -164,3 +164,16 @@ def test_reduced_decoding_shrinks_large_jpegs_to_the_same_sizes_and_pairs_still_
         assert 0 < difference.mean() < 12  # of 255
     assert "--decode reduced" in (tmp_path / "reduced" / "README.md").read_text()
     assert "--decode" not in (tmp_path / "exact" / "README.md").read_text()
+    with pytest.raises(BuildError, match="decode: 'reduced' -> 'exact'"):
+        build_pairs(folder, tmp_path / "reduced")
+
+
+def test_an_output_built_before_the_decode_option_resumes_as_an_exact_one(sources: Path, tmp_path: Path) -> None:
+    build_pairs(sources, tmp_path / "ds")
+    record = tmp_path / "ds" / "build.json"
+    identity = json.loads(record.read_text())
+    del identity["decode"]  # as written by the builds before --decode existed
+    record.write_text(json.dumps(identity))
+    assert len(build_pairs(sources, tmp_path / "ds")) == 13  # resumed: nothing left to do, nothing refused
+    with pytest.raises(BuildError, match="decode: 'exact' -> 'reduced'"):
+        build_pairs(sources, tmp_path / "ds", decode="reduced")
