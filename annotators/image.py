@@ -35,6 +35,7 @@ __all__ = [
     "hwc3",
     "load_image",
     "read_image_file",
+    "REDUCED_COLOR_FLAGS",
     "jpeg_reduction",
     "resize_decoded",
     "resize_image",
@@ -93,23 +94,26 @@ def resized_size(height: int, width: int, resolution: int) -> tuple[int, int]:
     return max(1, round(height * scale / 64.0)) * 64, max(1, round(width * scale / 64.0)) * 64
 
 
+def _reference_resize(pixels: np.ndarray, size: tuple[int, int], resolution: int) -> np.ndarray:
+    """``pixels`` resized to the target that the reference gives an image of ``size`` (height,
+    width), with the interpolation it chooses for that image."""
+    height, width = size
+    new_height, new_width = resized_size(height, width, resolution)
+    interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
+    return cv2.resize(pixels, (new_width, new_height), interpolation=interpolation)
+
+
 def resize_image(image: np.ndarray, resolution: int) -> np.ndarray:
     """The reference ``resize_image``: the short side goes to ``resolution``, both sides are then
     rounded to multiples of 64; LANCZOS4 when enlarging, AREA otherwise (also at scale 1)."""
-    height, width = image.shape[:2]
-    new_height, new_width = resized_size(height, width, resolution)
-    interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
-    return cv2.resize(image, (new_width, new_height), interpolation=interpolation)
+    return _reference_resize(image, image.shape[:2], resolution)
 
 
 def resize_decoded(decoded: DecodedImage, resolution: int) -> np.ndarray:
     """:func:`resize_image` of the whole image that ``decoded`` holds, also when its pixels were
     decoded at a reduced scale: the target size and the interpolation are those of the full image.
     Identical to ``resize_image(decoded.pixels, resolution)`` for a full-scale decode."""
-    height, width = decoded.size
-    new_height, new_width = resized_size(height, width, resolution)
-    interpolation = cv2.INTER_LANCZOS4 if resolution > min(height, width) else cv2.INTER_AREA
-    return cv2.resize(decoded.pixels, (new_width, new_height), interpolation=interpolation)
+    return _reference_resize(decoded.pixels, decoded.size, resolution)
 
 
 def jpeg_reduction(height: int, width: int, target: tuple[int, int]) -> int:
@@ -306,7 +310,8 @@ def _with_libjpeg_warnings(call: Callable[[], T]) -> tuple[T, str | None]:
     return result, corrupt
 
 
-_REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+#: OpenCV's colour decoding flag for each of libjpeg's scales (the denominator, 1: full size)
+REDUCED_COLOR_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def _decode_jpeg_checked(data: bytes, source: str | os.PathLike[str] | None, mode: str, reduction: int = 1) -> np.ndarray | None:
@@ -318,7 +323,7 @@ def _decode_jpeg_checked(data: bytes, source: str | os.PathLike[str] | None, mod
     modes (CMYK) are only checked, at 1/8 scale (the whole scan is still read), and None is returned
     for Pillow to decode them: Pillow silences libjpeg's warnings, so it cannot tell."""
     buffer = np.frombuffer(data, np.uint8)
-    flags = _REDUCED_COLOR[reduction] | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if mode in ("RGB", "L") else cv2.IMREAD_REDUCED_GRAYSCALE_8
+    flags = REDUCED_COLOR_FLAGS[reduction] | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if mode in ("RGB", "L") else cv2.IMREAD_REDUCED_GRAYSCALE_8
     pixels, corrupt = _with_libjpeg_warnings(lambda: cv2.imdecode(buffer, flags))
     if corrupt is not None:
         raise ImageError(source, f"corrupt or truncated image (libjpeg: {corrupt})")
@@ -421,16 +426,15 @@ def decode_image_info(
             plain = img.mode in ("RGB", "L") and orientation not in _ORIENTATION_OPS
             gray = img.mode in GRAY_MODES
             if img.format in ("JPEG", "MPO"):
+                transposed = orientation in (5, 6, 7, 8)  # the file's rows are the image's columns
+                size = (width, height) if transposed else (height, width)
                 reduction = 1
                 if reduce_for is not None and img.format == "JPEG":
-                    transposed = orientation in (5, 6, 7, 8)
-                    target = resized_size(*((width, height) if transposed else (height, width)), reduce_for)
+                    target = resized_size(*size, reduce_for)
                     reduction = jpeg_reduction(height, width, target[::-1] if transposed else target)
                 checked = _decode_jpeg_checked(data, source, img.mode, reduction)
                 if img.format == "JPEG" and checked is not None and checked.shape[:2] == (-(-height // reduction), -(-width // reduction)):
-                    pixels = _apply_orientation(checked, orientation)
-                    size = (width, height) if orientation in (5, 6, 7, 8) else (height, width)
-                    return DecodedImage(pixels, img.format, plain, gray, reduction, size)
+                    return DecodedImage(_apply_orientation(checked, orientation), img.format, plain, gray, reduction, size)
             fmt = img.format
             img.seek(0)  # first frame of animations
             img = ImageOps.exif_transpose(img) if exif else img

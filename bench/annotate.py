@@ -83,7 +83,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from annotators.image import hwc3, jpeg_reduction, resize_image, resized_size
+from annotators.image import REDUCED_COLOR_FLAGS, hwc3, jpeg_reduction, resize_image, resized_size
 from controlnet.dataset.build import default_workers
 
 RESOLUTION = 512
@@ -149,7 +149,6 @@ def make_photos(folder: Path, count: int, seed: int = 0, ready: bool = False) ->
 
 #: decoded straight to contiguous RGB, as the builder decodes (a [:, :, ::-1] view would cost a copy)
 RGB = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def bare_loop(paths: list[Path], store_resized: bool = False) -> float:
@@ -181,7 +180,7 @@ def bare_reduced_loop(paths: list[Path]) -> float:
             width, height = header.size
         target = resized_size(height, width, RESOLUTION)
         reduction = jpeg_reduction(height, width, target)
-        image = cv2.imread(str(path), _REDUCED.get(reduction, cv2.IMREAD_COLOR) | RGB)
+        image = cv2.imread(str(path), REDUCED_COLOR_FLAGS[reduction] | RGB)
         resized = cv2.resize(image, target[::-1], interpolation=cv2.INTER_AREA)
         edges = cv2.Canny(resized, 100, 200)
         ok, _ = cv2.imencode(".png", edges)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import math
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
+
+from annotators.nets.keys import Rule, rename_key
 
 if TYPE_CHECKING:
     import torch
@@ -132,9 +134,8 @@ def use_reference_pos_encoding(model: torch.nn.Module) -> torch.nn.Module:
 
 # The authors' names (``DepthAnythingV2`` / ``DPT_DINOv2``: ``pretrained`` is the DINOv2 ViT,
 # ``depth_head`` the DPT head) -> transformers'. Fusion blocks run deepest first in transformers.
-_Rule = tuple[str, str | Callable[[re.Match[str]], str]]
 _BLOCK = r"^pretrained\.blocks\.(\d+)\."
-_RULES: tuple[_Rule, ...] = (
+_RULES: tuple[Rule, ...] = (
     (r"^pretrained\.cls_token$", "backbone.embeddings.cls_token"),
     (r"^pretrained\.mask_token$", "backbone.embeddings.mask_token"),
     (r"^pretrained\.pos_embed$", "backbone.embeddings.position_embeddings"),
@@ -158,14 +159,6 @@ _RULES: tuple[_Rule, ...] = (
 _QKV = re.compile(_BLOCK + r"attn\.qkv\.(weight|bias)$")
 
 
-def _rename(key: str) -> str:
-    for pattern, replacement in _RULES:
-        new, count = re.subn(pattern, replacement, key)
-        if count:
-            return new
-    return key  # unknown: left for the strict load to report
-
-
 def remap_depth_anything_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """The authors' Depth Anything V1 or V2 checkpoint (any size; ``.pth`` or MackinationsAi's
     ``.safetensors`` copy, same names) in transformers' ``DepthAnythingForDepthEstimation`` names.
@@ -178,5 +171,5 @@ def remap_depth_anything_checkpoint(checkpoint: Mapping[str, object]) -> dict[st
             for name, part in (("q_proj", query), ("k_proj", key_), ("v_proj", value_)):
                 out[f"{prefix}.{name}.{match[2]}"] = part
             continue
-        out[_rename(key)] = value  # type: ignore[assignment]
+        out[rename_key(key, _RULES)] = value  # type: ignore[assignment]
     return out

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from annotators.nets.keys import Rule, rename_key
 from annotators.nets.padding import pad_same
 
 __all__ = ["DPTHybrid", "remap_midas_checkpoint"]
@@ -253,7 +254,6 @@ class DPTHybrid(nn.Module):
         return self.head(path).squeeze(1)
 
 
-_Rule = tuple[str, "str | Callable[[re.Match[str]], str]"]
 _FUSION_PARTS = {
     "resConfUnit1": "skip_unit", "resConfUnit2": "unit", "out_conv": "out_conv",
     "residual_layer1": "skip_unit", "residual_layer2": "unit", "projection": "out_conv",
@@ -261,7 +261,7 @@ _FUSION_PARTS = {
 
 # Published MiDaS names (timm backbone under ``pretrained.model``, DPT parts under
 # ``pretrained.act_postprocess*`` and ``scratch``) -> this module's names; first match wins.
-_MIDAS_RULES: tuple[_Rule, ...] = (
+_MIDAS_RULES: tuple[Rule, ...] = (
     (r"^pretrained\.model\.patch_embed\.backbone\.stem\.(conv|norm)\.", r"resnet.stem.\1."),
     (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.downsample\.", r"resnet.stages.\1.\2.downsample."),
     (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.(\d+)\.(conv|norm)([123])\.", r"resnet.stages.\1.\2.unit\4.\3."),
@@ -282,7 +282,7 @@ _MIDAS_UNUSED = re.compile(r"^pretrained\.model\.(norm|head)\.")
 # whose fusion stages run deepest first and whose attention has separate q, k, v projections.
 _HF_BIT = r"^dpt\.embeddings\.backbone\.bit\."
 _HF_LAYER = r"^dpt\.encoder\.layer\.(\d+)\."
-_HF_RULES: tuple[_Rule, ...] = (
+_HF_RULES: tuple[Rule, ...] = (
     (_HF_BIT + r"embedder\.convolution\.", "resnet.stem.conv."),
     (_HF_BIT + r"embedder\.norm\.", "resnet.stem.norm."),
     (_HF_BIT + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.downsample\.", r"resnet.stages.\1.\2.downsample."),
@@ -309,14 +309,6 @@ _HF_UNUSED = re.compile(r"^dpt\.layernorm\.")
 _HF_QKV = re.compile(_HF_LAYER + r"attention\.attention\.(query|key|value)\.(weight|bias)$")
 
 
-def _rename(key: str, rules: tuple[_Rule, ...]) -> str:
-    for pattern, replacement in rules:
-        new, count = re.subn(pattern, replacement, key)
-        if count:
-            return new
-    return key  # unknown: left for the strict load to report
-
-
 def remap_midas_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """DPT-Hybrid MiDaS weights in :class:`DPTHybrid`'s key names, from either published layout:
     the MiDaS ``dpt_hybrid-midas-501f0c75.pt`` (or a training snapshot holding it under ``model``),
@@ -324,7 +316,7 @@ def remap_midas_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.
     if "model" in checkpoint and isinstance(checkpoint["model"], Mapping):
         checkpoint = checkpoint["model"]  # type: ignore[assignment]
     if "dpt.embeddings.cls_token" not in checkpoint:
-        return {_rename(k, _MIDAS_RULES): v for k, v in checkpoint.items() if not _MIDAS_UNUSED.match(k)}  # type: ignore[misc]
+        return {rename_key(k, _MIDAS_RULES): v for k, v in checkpoint.items() if not _MIDAS_UNUSED.match(k)}  # type: ignore[misc]
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in checkpoint.items():
@@ -333,7 +325,7 @@ def remap_midas_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.
         if match := _HF_QKV.match(key):
             qkv.setdefault((match[1], match[3]), {})[match[2]] = value  # type: ignore[assignment]
             continue
-        out[_rename(key, _HF_RULES)] = value  # type: ignore[assignment]
+        out[rename_key(key, _HF_RULES)] = value  # type: ignore[assignment]
     for (layer, kind), parts in qkv.items():
         if set(parts) != {"query", "key", "value"}:
             # Incomplete: keep the originals so that the strict load names what is missing.

@@ -18,8 +18,10 @@ transformers' BEiT default (and the Hub conversions' configs) say 1e-12, so 1e-6
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from annotators.nets.keys import Rule, rename_key
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +80,9 @@ def build_zoedepth() -> torch.nn.Module:
         return ZoeDepthForDepthEstimation(zoedepth_config())
 
 
-_Rule = tuple[str, str | Callable[[re.Match[str]], str]]
 _VIT = r"^core\.core\.pretrained\.model\."
 _BLOCK = _VIT + r"blocks\.(\d+)\."
-_RULES: tuple[_Rule, ...] = (
+_RULES: tuple[Rule, ...] = (
     (_VIT + r"cls_token$", "backbone.beit.embeddings.cls_token"),
     (_VIT + r"patch_embed\.proj\.", "backbone.beit.embeddings.patch_embeddings.projection."),
     (_BLOCK + r"gamma_([12])$", r"backbone.beit.layers.\1.lambda_\2"),
@@ -114,14 +115,6 @@ _DROPPED = re.compile(
 _QKV = re.compile(_BLOCK + r"attn\.qkv\.weight$")
 
 
-def _rename(key: str) -> str:
-    for pattern, replacement in _RULES:
-        new, count = re.subn(pattern, replacement, key)
-        if count:
-            return new
-    return key  # unknown: left for the strict load to report
-
-
 def remap_zoedepth_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """v1.1's ``ZoeD_M12_N.pt`` (its ``['model']`` entry, or that state dict itself) in transformers'
     ``ZoeDepthForDepthEstimation`` names; see the module docstring for what is split and dropped."""
@@ -135,5 +128,5 @@ def remap_zoedepth_checkpoint(checkpoint: Mapping[str, object]) -> dict[str, tor
             for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0), strict=True):  # type: ignore[attr-defined]
                 out[f"backbone.beit.layers.{match[1]}.attention.{name}.weight"] = part
             continue
-        out[_rename(key)] = value  # type: ignore[assignment]
+        out[rename_key(key, _RULES)] = value  # type: ignore[assignment]
     return out

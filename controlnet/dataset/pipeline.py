@@ -192,9 +192,10 @@ class Pipeline:
                 if height * width > self.max_pixels:  # e.g. a 20000x20 strip, whose short side goes to 512
                     raise ImageError(source, f"image too large once resized ({width}x{height} > {self.max_pixels} pixels)")
                 pixels = resize_decoded(decoded, self.resolution)
-            if decoded.plain and decoded.format in KEPT_FORMATS and decoded.reduction == 1 and pixels.shape[:2] == decoded.size:
+            if decoded.plain and decoded.format in KEPT_FORMATS and pixels.shape[:2] == decoded.size:
                 # Nothing changed: keep the file as it is. A reader decodes the pixels decoded here
-                # (the JPEG fast path is bit-identical to Pillow's decoder).
+                # (the JPEG fast path is bit-identical to Pillow's decoder). A reduced decode never
+                # gets here: its target is at most half the image's size.
                 return Prepared(item, pixels, data, stored_name(item.file_name, decoded.format), (pixels.shape[0], pixels.shape[1]))
             fmt = self.image_format if self.image_format != "auto" else "jpeg" if decoded.format in ("JPEG", "MPO") else "png"
             image = encode_image(pixels, fmt, quality=self.jpeg_quality, grayscale=decoded.gray)
