@@ -91,17 +91,21 @@ def _tiny_vae(channels: int, scaling_factor: float, force_upcast: bool) -> Any:
     )
 
 
-def _tiny_clip_config(vocab_size: int, width: int, projection: int | None = None) -> Any:
+def clip_text_config(
+    vocab_size: int, width: int, projection: int | None = None, intermediate_size: int = 37, max_positions: int = MAX_TOKENS
+) -> Any:
+    """A small two-layer CLIP text config for a :func:`write_tokenizer` vocabulary of ``vocab_size``
+    (whose last two tokens are the start and end tokens, the end one also padding)."""
     from transformers import CLIPTextConfig
 
     extra = {} if projection is None else {"projection_dim": projection}
     return CLIPTextConfig(
         vocab_size=vocab_size,
         hidden_size=width,
-        intermediate_size=37,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
+        max_position_embeddings=max_positions,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
@@ -134,7 +138,7 @@ def build_tiny_pipeline(folder: str | Path, seed: int = 0, cross_attention_dim: 
         out_channels=4,
     )
     vae = _tiny_vae(channels, scaling_factor=0.18215, force_upcast=False)
-    text_encoder = CLIPTextModel(_tiny_clip_config(vocab_size, cross_attention_dim))
+    text_encoder = CLIPTextModel(clip_text_config(vocab_size, cross_attention_dim))
     scheduler = DDPMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         clip_sample=False,
@@ -190,8 +194,8 @@ def build_tiny_sdxl_pipeline(folder: str | Path, seed: int = 0, channels: int = 
         out_channels=4,
     )
     vae = _tiny_vae(channels, scaling_factor=0.13025, force_upcast=True)
-    text_encoder = CLIPTextModel(_tiny_clip_config(vocab_size, text_width))
-    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(vocab_size, text_width, projection=text_width))
+    text_encoder = CLIPTextModel(clip_text_config(vocab_size, text_width))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(vocab_size, text_width, projection=text_width))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
         steps_offset=1, timestep_spacing="leading",

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controlnet.testing import write_tokenizer
+from controlnet.testing import clip_text_config, write_tokenizer
 
 #: prompt length in tokens: the set's captions are 7 words, each one token, with start and end
 TEXT_TOKENS = 16
@@ -81,21 +81,9 @@ def _unet(size: int, channels: int, cross_attention_dim: int):
 
 
 def _text_encoder(vocab_size: int, hidden: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=TEXT_TOKENS,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-        )
-    )
+    return CLIPTextModel(clip_text_config(vocab_size, hidden, intermediate_size=2 * hidden, max_positions=TEXT_TOKENS))
 
 
 def train_vae(images: np.ndarray, scale: BaseScale, seed: int, log: list[dict]) -> object:

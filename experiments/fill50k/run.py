@@ -106,9 +106,16 @@ def _load_rgb(path: Path) -> np.ndarray:
 # --- 1, 2: the sets and their ControlNet datasets ---------------------------------------------------
 
 
+def circle_sets(preset: Preset, seed: int) -> tuple[list[data.Circle], list[data.Circle]]:
+    """The training circles and the held-out validation ones of ``preset`` and ``seed``."""
+    return (
+        data.random_circles(preset.train_images, preset.size, seed),
+        data.random_circles(preset.val_conditions, preset.size, seed + 1, prefix="val-"),
+    )
+
+
 def make_sets(work: Path, preset: Preset, seed: int) -> tuple[list[data.Circle], list[data.Circle]]:
-    train = data.random_circles(preset.train_images, preset.size, seed)
-    val = data.random_circles(preset.val_conditions, preset.size, seed + 1, prefix="val-")
+    train, val = circle_sets(preset, seed)
     data.write_set(work / "images" / "train", train, preset.size)
     data.write_set(work / "images" / "val", val, preset.size)
     return train, val
@@ -318,8 +325,7 @@ def run_experiment(
 
     mark = time.perf_counter()
     if reuse_base:
-        train_circles = data.random_circles(preset.train_images, preset.size, seed)
-        val_circles = data.random_circles(preset.val_conditions, preset.size, seed + 1, prefix="val-")
+        train_circles, val_circles = circle_sets(preset, seed)
         if data.read_circles(work / "images" / "val") != val_circles:
             raise SystemExit(f"--reuse-base: {work} holds the sets of another preset or seed")
     else:
