@@ -8,6 +8,20 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """No weights anywhere an annotator looks: an empty Hub cache, offline, and no
+    $CN_ANNOTATE_WEIGHTS. Returns the test's ``tmp_path``."""
+    from huggingface_hub import constants
+
+    from annotators.weights import WEIGHTS_ENV
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     from skimage import data

@@ -14,7 +14,7 @@ import annotators
 from annotators.depth_anything import DepthAnything, DepthAnythingV2, network_input
 from annotators.image import multiple_of_size
 from annotators.nets.depth_anything import build_depth_anything, remap_depth_anything_checkpoint
-from annotators.weights import WEIGHTS_ENV, WeightsNotFoundError
+from annotators.weights import WeightsNotFoundError
 from tests.parity import SeededWeights, assert_maps_agree, assert_raw_close, case
 from tests.seeded_depth import depth_anything_layout
 
@@ -229,16 +229,6 @@ def test_transformers_folder_of_another_size_is_refused(vits_folders: tuple[Path
 def test_checkpoint_of_another_size_fails_the_strict_load(vits_folders: tuple[Path, Path]) -> None:
     with pytest.raises(ValueError, match="depth_anything_v2_vits.pth: does not match DepthAnythingForDepthEstimation"):
         annotators.create("depth_anything_v2", encoder="vitb", weights=str(vits_folders[0] / "depth_anything_v2_vits.pth")).load()
-
-
-@pytest.fixture
-def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    return tmp_path
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from PIL import Image
 import annotators
 from annotators import dwpose
 from annotators.data import PoseFilters, count_body_keypoints
-from annotators.weights import WEIGHTS_ENV, WeightsNotFoundError
+from annotators.weights import WeightsNotFoundError
 from tests.parity import assert_maps_agree, assert_raw_close, case
 
 DW = case("dwpose")
@@ -272,12 +272,7 @@ def test_sessions_are_made_on_load_and_not_pickled(folder: Path) -> None:
     assert annotator.weights_identity() == [{"name": name, "bytes": (folder / name).stat().st_size} for name in FILES]
 
 
-def test_missing_weights_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+def test_missing_weights_is_one_line(no_weights: Path, tmp_path: Path) -> None:  # no_weights empties tmp_path's Hub cache
     annotator = annotators.create("dw_openpose_full", weights=str(tmp_path))
     assert not annotator.weights_present(str(tmp_path))
     with pytest.raises(WeightsNotFoundError) as err:

@@ -282,12 +282,7 @@ def test_qkv_split_keeps_query_key_value_order() -> None:
     torch.testing.assert_close(remapped[prefix + "v_proj.weight"], weight[6:])
 
 
-def test_missing_weights_name_the_detectron2_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # read at import
-    monkeypatch.delenv("CN_ANNOTATE_WEIGHTS", raising=False)
+def test_missing_weights_name_the_detectron2_file(no_weights: Path, tmp_path: Path) -> None:  # no_weights empties tmp_path's Hub cache
     annotator = annotators.create("seg_ofcoco", weights=str(tmp_path))
     with pytest.raises(WeightsNotFoundError, match="150_16_swin_l_oneformer_coco_100ep.pth not found") as err:
         annotator.load()

@@ -95,12 +95,7 @@ def test_a_folder_without_config_is_refused(tmp_path: Path) -> None:
         annotators.create("seg_mask2former", model=str(tmp_path)).load()
 
 
-def test_a_missing_model_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("CN_ANNOTATE_WEIGHTS", raising=False)
+def test_a_missing_model_is_one_line(no_weights: Path) -> None:
     with pytest.raises(WeightsNotFoundError, match="nvidia/segformer-b2-finetuned-ade-512-512 not found") as err:
         annotators.create("seg_segformer", model="nvidia/segformer-b2-finetuned-ade-512-512").load()
     assert "\n" not in str(err.value) and "hf download nvidia/segformer-b2-finetuned-ade-512-512" in str(err.value)

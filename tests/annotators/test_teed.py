@@ -15,7 +15,6 @@ import annotators
 from annotators.nets.teed import TEED, remap_teed_checkpoint, smish
 from annotators.teed import SoftEdgeTEED, teed_map
 from annotators.weights import (
-    WEIGHTS_ENV,
     WeightsNotFoundError,
     load_checkpoint,
     load_strict,
@@ -114,12 +113,7 @@ def test_maps_are_averaged_then_squashed_and_the_padding_cropped(photos: list[np
     np.testing.assert_array_equal(rgb[:70, 127], image[:, 99])
 
 
-def test_missing_weights_is_one_line_naming_the_hub_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+def test_missing_weights_is_one_line_naming_the_hub_path(no_weights: Path) -> None:
     with pytest.raises(WeightsNotFoundError) as err:
         annotators.create("softedge_teed")([np.zeros((64, 64, 3), np.uint8)])
     message = str(err.value)

@@ -12,7 +12,7 @@ import torch
 
 import annotators
 from annotators.nets.zoedepth import remap_zoedepth_checkpoint, zoedepth_config
-from annotators.weights import WEIGHTS_ENV, WeightsNotFoundError
+from annotators.weights import WeightsNotFoundError
 from annotators.zoe import CHECKPOINT, DepthZoe, depth_to_uint8
 from tests.parity import SeededWeights, assert_raw_close
 from tests.seeded_depth import ZOE_FIXTURE, zoe_v11_manifest
@@ -137,16 +137,6 @@ def test_tiny_images_are_padded_within_their_sides(seeded_weights: SeededWeights
     for shape in [(1, 1), (3, 5), (4, 4), (9, 2)]:  # the reference's reflection fails below 5 px
         (depth,) = annotator([np.full((*shape, 3), 90, np.uint8)])
         assert depth.shape == (*shape, 3)
-
-
-@pytest.fixture
-def no_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
-    return tmp_path
 
 
 @pytest.mark.parametrize(
