@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import cv2
@@ -56,3 +57,19 @@ def write_bad_files(folder: Path) -> dict[str, str]:
         "unreadable.jpg": "unreadable",
         "huge.png": "too large",
     }
+
+
+def logged_steps(log: Path) -> tuple[dict[int, dict], list[tuple[dict, dict]]]:
+    """A training run's step log (one JSON record per line): the last record of each step, and the
+    (first, replayed) pairs of steps logged twice."""
+    final: dict[int, dict] = {}
+    replayed = []
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by kill -9
+            continue
+        if record["step"] in final:
+            replayed.append((final[record["step"]], record))
+        final[record["step"]] = record
+    return final, replayed

@@ -17,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from controlnet.training.trainer import TrainConfig, train
+from tests.controlnet.helpers import logged_steps
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -81,20 +82,6 @@ def test_time_ids_carry_the_real_crop_coordinates(tiny_sdxl_base: Path, canny_da
     assert any(t[2] or t[3] for t in given)  # some crops are off the corner: the coordinates are not all 0
 
 
-def _visits(log: Path) -> tuple[dict[int, dict], list[tuple[dict, dict]]]:
-    final: dict[int, dict] = {}
-    replayed = []
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by kill -9
-            continue
-        if record["step"] in final:
-            replayed.append((final[record["step"]], record))
-        final[record["step"]] = record
-    return final, replayed
-
-
 def test_kill_9_and_resume_with_cached_latents_and_embeddings_is_exact(tiny_sdxl_base: Path, canny_dataset: Path,
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -112,7 +99,7 @@ def test_kill_9_and_resume_with_cached_latents_and_embeddings_is_exact(tiny_sdxl
         deadline = time.monotonic() + 120
         killed = False
         while time.monotonic() < deadline and first.poll() is None:
-            steps = sorted(_visits(log)[0]) if log.exists() else []
+            steps = sorted(logged_steps(log)[0]) if log.exists() else []
             if (out / "checkpoint-3").is_dir() and steps and steps[-1] >= 4 and steps[-1] % 3:
                 first.send_signal(signal.SIGKILL)
                 killed = True
@@ -131,7 +118,7 @@ def test_kill_9_and_resume_with_cached_latents_and_embeddings_is_exact(tiny_sdxl
     assert "reusing the latents of 8 images" in second.stderr and "reusing the embeddings" in second.stderr
     assert manifest.stat().st_mtime_ns == written
     assert "torchvision" not in second.stderr and "Warning" not in second.stderr  # quiet runs
-    final, replayed = _visits(log)
+    final, replayed = logged_steps(log)
     assert sorted(final) == list(range(1, 9))
     assert replayed, "the kill must have happened after a step that no checkpoint covered"
     for before, after in replayed:

@@ -25,6 +25,7 @@ from controlnet.training.data import (
     load_rows,
 )
 from controlnet.training.trainer import TrainConfig, TrainError
+from tests.controlnet.helpers import logged_steps
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -237,21 +238,6 @@ def test_bf16_mixed_precision_keeps_float32_controlnet_weights(tiny_base: Path, 
     assert (tmp_path / "validation" / "step-000002.png").is_file()
 
 
-def _visits(log: Path) -> tuple[dict[int, dict], list[tuple[dict, dict]]]:
-    """The last record of each step, and the (first, replayed) pairs of steps logged twice."""
-    final: dict[int, dict] = {}
-    replayed = []
-    for line in log.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by kill -9
-            continue
-        if record["step"] in final:
-            replayed.append((final[record["step"]], record))
-        final[record["step"]] = record
-    return final, replayed
-
-
 def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [
@@ -267,7 +253,7 @@ def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path,
     deadline = time.monotonic() + 120
     killed_after = None
     while time.monotonic() < deadline and first.poll() is None:
-        steps = sorted(_visits(log)[0]) if log.exists() else []
+        steps = sorted(logged_steps(log)[0]) if log.exists() else []
         if (out / "checkpoint-3").is_dir() and steps and steps[-1] >= 4 and steps[-1] % 3:
             first.send_signal(signal.SIGKILL)
             killed_after = steps[-1]
@@ -280,7 +266,7 @@ def test_kill_9_and_resume_latest_is_exact(tiny_base: Path, canny_dataset: Path,
 
     second = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert second.returncode == 0, second.stderr[-2000:]
-    final, replayed = _visits(log)
+    final, replayed = logged_steps(log)
     assert sorted(final) == list(range(1, 13))
     # Steps run after the last checkpoint were run again on resume: same samples, same learning rate
     # (the linear schedule decays every step), same loss (same weights, noise and timesteps).
