@@ -35,7 +35,7 @@ from controlnet.dataset.layout import SKIPPED_FILE, Layout, shard_index, shard_p
 from controlnet.dataset.lock import OutputLock
 from controlnet.dataset.pipeline import AnnotatorLoadError, Row, Skip, skip_kind
 from controlnet.dataset.resume import PREVIEW_ROWS, check_output, finished_state, prepare_output
-from controlnet.dataset.shards import ShardWriter, SkipLog
+from controlnet.dataset.shards import ShardSummary, ShardWriter, SkipLog, preview_of
 from controlnet.dataset.sources import Source, SourceItem, open_source
 
 __all__ = [
@@ -213,6 +213,7 @@ class _Record:
     layout: Layout
     committed: int  # rows in finished shards, all runs together
     nodes: set[str] = field(default_factory=set)  # Ray nodes that did the work
+    shard_previews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # of the shards others wrote, by index
     open_tallies: dict[str, Counter[str]] = field(default_factory=dict)
     open_preview: list[dict[str, Any]] = field(default_factory=list)
 
@@ -227,7 +228,7 @@ class _Record:
         for column, tally in zip(self.layout.data_columns, row.tallies):
             self.open_tallies.setdefault(column.name, Counter()).update(tally)
         if len(self.preview) + len(self.open_preview) < PREVIEW_ROWS:
-            self.open_preview.append(_preview(row))
+            self.open_preview.append(preview_of(row))
 
     def reject(self, row: Row, reason: str) -> None:
         """A row the writer could not store becomes a skip, and leaves the statistics."""
@@ -246,17 +247,20 @@ class _Record:
         self.preview.extend(self.open_preview[: max(0, PREVIEW_ROWS - len(self.preview))])
         self.open_preview.clear()
 
-    def shard(self, rows: int, tallies: list[Counter[str]], preview: list[dict[str, Any]]) -> None:
-        """A shard that another process wrote and committed (the Ray engine's tasks)."""
-        self.state.rows += rows
-        self.committed += rows
-        for column, tally in zip(self.layout.data_columns, tallies):
+    def shard(self, summary: ShardSummary, counted: bool = False) -> None:
+        """A shard that another process wrote and committed (a local worker, a Ray task); ``counted``:
+        its rows were counted as they were reported. The preview shows rows in shard order."""
+        for skip in summary.rejected:
+            self.skip(skip)
+        self.state.rows += -len(summary.rejected) if counted else summary.rows
+        self.committed += summary.rows
+        for column, tally in zip(self.layout.data_columns, summary.tallies):
             self.tallies[column.name].update(tally)
-        self.preview.extend(preview[: max(0, PREVIEW_ROWS - len(self.preview))])
-
-
-def _preview(row: Row) -> dict[str, Any]:
-    return {"file_name": row.file_name, "text": row.caption, "width": row.width, "height": row.height}
+        self.nodes |= summary.nodes
+        if not self.shard_previews:
+            self.shard_previews[-1] = self.preview[:]  # the shards finished before this run come first
+        self.shard_previews[summary.index] = summary.preview
+        self.preview = [shown for index in sorted(self.shard_previews) for shown in self.shard_previews[index]][:PREVIEW_ROWS]
 
 
 def _run_local(
@@ -267,7 +271,8 @@ def _run_local(
     write_card: Callable[[], None],
     progress: Callable[[BuildProgress], None] | None,
 ) -> None:
-    """The local engine's rows, written here in input order, in shards of ``shard_size`` rows."""
+    """The local engine's rows, written here in input order, in shards of ``shard_size`` rows; or,
+    when several workers annotate, written by them."""
     committed_before = 0
 
     def take_rejected() -> None:
@@ -282,12 +287,15 @@ def _run_local(
         committed_before = writer.rows_committed
         write_card()
 
-    writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=on_shard)
     state = record.state
     if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
         config = dataclasses.replace(config, workers=1)
+    if config.workers > 1 and not config.is_central:
+        _run_local_workers_write(config, pending, next_index, record, write_card, progress)
+        return
+    writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=on_shard)
     try:
-        with contextlib.closing(local.run(config, pending, state.total - state.done_before)) as chunks:  # closed first on an error: the workers stop at once
+        with contextlib.closing(local.run(config, pending)) as chunks:  # closed first on an error: the workers stop at once
             for results in chunks:
                 for result in results:
                     if isinstance(result, Skip):
@@ -309,6 +317,31 @@ def _run_local(
         raise
 
 
+def _run_local_workers_write(
+    config: BuildConfig,
+    pending: Iterator[SourceItem],
+    next_index: int,
+    record: _Record,
+    write_card: Callable[[], None],
+    progress: Callable[[BuildProgress], None] | None,
+) -> None:
+    """The local engine's shards, written by its workers; here their progress and summaries are recorded."""
+    state = record.state
+
+    def progressed(rows: int, skips: list[Skip]) -> None:
+        for skip in skips:
+            record.skip(skip)
+        state.rows += rows
+        if progress is not None:
+            progress(state)
+
+    def finished(summary: ShardSummary) -> None:
+        record.shard(summary, counted=True)
+        write_card()
+
+    local.write(config, record.layout, pending, state.total - state.done_before, next_index, progressed, finished)
+
+
 def _run_ray(
     config: BuildConfig,
     source: Source,
@@ -325,8 +358,7 @@ def _run_ray(
     for summary in ray_engine.run(config, pending, taken):
         for skip in summary.skips:
             record.skip(skip)
-        record.shard(summary.rows, summary.tallies, summary.preview)
-        record.nodes |= summary.nodes
+        record.shard(summary)
         write_card()
         if progress is not None:
             progress(record.state)

@@ -9,6 +9,9 @@ and its rows are built again by the next run. Only renamed shards count as finis
 A row whose values Arrow cannot store (found when its row group is converted) is handed back in
 :attr:`ShardWriter.rejected` instead of failing the row group, so one bad row costs only itself.
 Skipped inputs go to ``skipped.jsonl``, one line written and flushed per record.
+
+:func:`write_shard` is a whole shard written by another process than the builder's (a local
+worker, a Ray task), which reports a :class:`ShardSummary` instead of its rows.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from controlnet.dataset.layout import DATA_DIR, Layout, shard_name
 from controlnet.dataset.pipeline import Row, Skip, skip_kind
+from controlnet.dataset.resume import PREVIEW_ROWS
 
-__all__ = ["ShardWriter", "SkipLog", "fsync_folder"]
+__all__ = ["ShardSummary", "ShardWriter", "SkipLog", "fsync_folder", "preview_of", "write_shard"]
 
 log = logging.getLogger("controlnet.dataset")
 
@@ -198,6 +203,64 @@ class ShardWriter:
             self._tmp_path().unlink(missing_ok=True)
         except OSError:
             pass  # removed by the next run, which clears temporary shards before it starts
+
+
+@dataclass
+class ShardSummary:
+    """What the writer of a shard reports to the builder: its rows' count and card statistics, and
+    its skips (``rejected``: rows the writer could not store)."""
+
+    index: int
+    rows: int = 0
+    skips: list[Skip] = field(default_factory=list)
+    rejected: list[Skip] = field(default_factory=list)
+    tallies: list[Counter[str]] = field(default_factory=list)  # one per data column of the layout
+    preview: list[dict[str, Any]] = field(default_factory=list)
+    nodes: set[str] = field(default_factory=set)  # the Ray nodes its pieces ran on
+
+
+def preview_of(row: Row) -> dict[str, Any]:
+    return {"file_name": row.file_name, "text": row.caption, "width": row.width, "height": row.height}
+
+
+def write_shard(
+    output: Path,
+    layout: Layout,
+    index: int,
+    inputs: int,
+    pieces: Iterable[list[Row | Skip]],
+    after_piece: Callable[[list[Row | Skip]], None] | None = None,
+) -> ShardSummary:
+    """Write shard ``index`` from the results of its ``inputs`` inputs, piece by piece, in order;
+    ``after_piece`` is called once a piece's rows are in the writer. Memory holds one piece and one
+    row group, never the whole shard. On an error the open shard is deleted."""
+    summary = ShardSummary(index, tallies=[Counter() for _ in layout.data_columns])
+    writer = ShardWriter(output, layout, max(1, inputs), index)  # at most `inputs` rows: one shard
+    try:
+        for piece in pieces:
+            for result in piece:
+                if isinstance(result, Skip):
+                    summary.skips.append(result)
+                    continue
+                writer.add(result)
+                summary.rows += 1
+                for tally, found in zip(summary.tallies, result.tallies):
+                    tally.update(found)
+                if len(summary.preview) < PREVIEW_ROWS:
+                    summary.preview.append(preview_of(result))
+            if after_piece is not None:
+                after_piece(piece)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    for row, reason in writer.rejected:  # rows the writer could not store are skips, as in the builder's own writer
+        summary.rows -= 1
+        for tally, found in zip(summary.tallies, row.tallies):
+            tally.subtract(found)
+        summary.preview = [shown for shown in summary.preview if shown["file_name"] != row.file_name]
+        summary.rejected.append(Skip(row.file_name, None, reason))
+    return summary
 
 
 class SkipLog:

@@ -38,6 +38,15 @@ def test_regular_file_is_read_up_to_the_limit(tmp_path: Path) -> None:
         read_regular_file(path, 99)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_a_file_with_more_bytes_than_its_size_says_is_read_whole_and_bounded() -> None:
+    """As a file that grows while it is read: /proc files have a size of 0 and hold text."""
+    assert os.stat("/proc/self/status").st_size == 0
+    assert b"VmHWM" in read_regular_file("/proc/self/status")
+    with pytest.raises(FileRefusedError, match=r"file too large \(over 10 bytes\)"):
+        read_regular_file("/proc/self/status", 10)
+
+
 @pytest.mark.timeout(30)
 def test_named_pipe_is_refused_without_blocking(tmp_path: Path) -> None:
     fifo = tmp_path / "b.jpg"

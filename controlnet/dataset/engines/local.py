@@ -1,19 +1,27 @@
 """The local engine: a pool of worker processes on this machine.
 
-Inputs are processed in chunks; at most a few chunks per worker are in flight, so memory does not
-grow with the number of images, and results come back in input order. When an annotator runs on an
-accelerator (``BuildConfig.is_central``), this process loads it once and annotates whole batches
-while the workers only decode and encode.
+* One worker: everything runs in this process (:func:`run`), and there is no worker to lose.
+* Several workers that annotate (on the CPU) also write the shards (:func:`write`); moving every
+  image and map through a pipe to this process, and writing them all here, cost as much CPU as a
+  tenth of a worker. The pending inputs are cut into shards in input order, at most
+  ``shard_size`` inputs each, their number a multiple of the workers' and their sizes equal, so
+  that the workers finish together. A worker writes one shard at a time, reports its progress
+  (rows, skips) after each chunk and a summary once the shard is renamed into place.
+* An annotator on an accelerator (``BuildConfig.is_central``) is loaded once, in this process,
+  which annotates whole batches while the workers decode and encode chunks (:func:`run`); each
+  worker has at most two chunks (the one it works on, and the next, so that it never waits for
+  this process), done in order, and this process writes the rows in input order.
 
-Each worker has a pipe of its own and at most two chunks (the one it works on, and the next, so
-that it never waits for this process), done in order, so this process always knows which chunk a
-worker was working on. A worker that dies (the out-of-memory killer, a crash in a native library),
-even halfway through sending its result, is seen at once (its pipe ends, its process sentinel is
-ready): the death is reported, a new worker replaces it, and its chunk is retried one input at a
-time, each on a worker of its own. An input whose worker dies a second time is skipped with that
-reason, so one poisonous file costs one row, not the build. (``multiprocessing.Pool`` waits forever
-for a dead worker's task, and ``concurrent.futures`` can block reading a result cut short.) With
-``workers=1`` everything runs in this process, and there is no worker to lose.
+Each worker has a pipe of its own, so this process always knows what a worker was working on. A
+worker that dies (the out-of-memory killer, a crash in a native library), even halfway through
+sending a message, is seen at once (its pipe ends, its process sentinel is ready): the death is
+reported, a new worker replaces it, and the inputs of its chunk are retried one at a time, each on
+a worker of its own; a shard it was writing is lost, and written again once they are done, with
+their rows handed to it. An input whose worker dies a second time is skipped with that reason, so
+one poisonous file costs one row, not the build. (``multiprocessing.Pool`` waits forever for a
+dead worker's task, and ``concurrent.futures`` can block reading a result cut short.) On an error
+or Ctrl-C the workers writing shards are asked to close them after the chunk in hand, so that the
+rows already annotated are kept.
 """
 
 from __future__ import annotations
@@ -23,27 +31,48 @@ import multiprocessing
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Any
 
 import cv2
 
 from controlnet.dataset.config import BuildConfig, BuildError
+from controlnet.dataset.layout import Layout
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip
+from controlnet.dataset.shards import ShardSummary, write_shard
 from controlnet.dataset.sources import SourceItem
 
-__all__ = ["run"]
+__all__ = ["pipeline_args", "run", "write"]
 
 log = logging.getLogger("controlnet.dataset")
 
 #: inputs skipped in a row for killing their worker before the build gives up: something kills every input
 CONSECUTIVE_CRASHES = 10
+#: deaths of the workers writing one shard, when no input can be blamed, before the build gives up
+SHARD_DEATHS = 3
+#: seconds the workers are given to close their shards once the build stops early (an error, Ctrl-C)
+FINISH_SECONDS = 10.0
+#: what this process sends a worker writing a shard to have it closed after the chunk in hand
+FINISH = "finish"
+
+
+@dataclass(frozen=True)
+class _Writing:
+    """Where the workers write shards, and the inputs they process between two progress reports."""
+
+    output: Path
+    layout: Layout
+    chunk: int
+
 
 _WORKER: Pipeline | None = None
 _WORKER_ERROR: str | None = None  # why the worker's pipeline could not be made, raised by its first task
+_WRITING: _Writing | None = None  # set in workers that write shards
 
 
 def _die_with_parent(parent: int) -> None:
@@ -59,8 +88,9 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int) -> None:
-    global _WORKER, _WORKER_ERROR
+def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int, writing: _Writing | None = None) -> None:
+    global _WORKER, _WORKER_ERROR, _WRITING
+    _WRITING = writing
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which stops the workers
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's own handler (if any) must not keep a worker alive
@@ -80,17 +110,40 @@ def _pipeline() -> Pipeline:
     return _WORKER
 
 
-def _work(chunk: list[SourceItem]) -> list[Row | Skip]:
-    return _pipeline().process(chunk)
-
-
-def _work_prepare(chunk: list[SourceItem]) -> list[Prepared | Skip]:
+def _work_prepare(chunk: list[SourceItem], connection: Connection) -> list[Prepared | Skip]:
     worker = _pipeline()
     return [worker.guarded_prepare(item) for item in chunk]
 
 
-def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], initargs: tuple[Any, ...]) -> None:
-    """A worker's loop: chunks in, ``("ok", result)`` or ``("error", exception)`` out, in order, until
+def _work_shard(task: tuple[Any, ...], connection: Connection) -> list[Row | Skip] | ShardSummary:
+    """A task of a worker that writes shards: ``("rows", items)``, one input being retried alone,
+    whose rows come back; or ``("shard", index, items, given)``, a shard to write, with the rows
+    already made for some of its inputs (``given``, by file name). A ``("progress", (inputs, rows,
+    skips))`` message goes out after each chunk, and the shard is closed early when FINISH comes."""
+    if task[0] == "rows":
+        return _pipeline().process(task[1])
+    _, index, items, given = task
+    pipeline, writing = _pipeline(), _WRITING
+    assert writing is not None
+
+    def pieces() -> Iterator[list[Row | Skip]]:
+        for start in range(0, len(items), writing.chunk):
+            chunk = items[start : start + writing.chunk]
+            made = iter(pipeline.process([item for item in chunk if item.file_name not in given]))
+            yield [given[item.file_name] if item.file_name in given else next(made) for item in chunk]
+            if connection.poll():  # nothing but FINISH comes while a shard is written
+                connection.recv()
+                return
+
+    def report(piece: list[Row | Skip]) -> None:
+        skips = [result for result in piece if isinstance(result, Skip)]
+        connection.send(("progress", (len(piece), len(piece) - len(skips), skips)))
+
+    return write_shard(writing.output, writing.layout, index, len(items), pieces(), report)
+
+
+def _serve(connection: Connection, function: Callable[[Any, Connection], Any], initargs: tuple[Any, ...]) -> None:
+    """A worker's loop: tasks in, ``("ok", result)`` or ``("error", exception)`` out, in order, until
     the pipe closes or None comes."""
     _init_worker(*initargs)
     chunks: deque[Any] = deque()
@@ -103,8 +156,10 @@ def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], 
         chunk = chunks.popleft()
         if chunk is None:
             return
+        if isinstance(chunk, str) and chunk == FINISH:  # came after its shard was closed: nothing to do
+            continue
         try:
-            reply: tuple[str, Any] = ("ok", function(chunk))
+            reply: tuple[str, Any] = ("ok", function(chunk, connection))
         except Exception as err:
             reply = ("error", err)
         # Read what was sent meanwhile before replying: a sender blocked on a full pipe must not
@@ -122,21 +177,30 @@ def _serve(connection: Connection, function: Callable[[list[SourceItem]], Any], 
             connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
 
-def _chunks(items: Iterable[SourceItem], size: int, count: int | None = None, workers: int = 1) -> Iterator[list[SourceItem]]:
-    """Chunks of ``size`` inputs. When there are ``count`` inputs in all, the last ones, fewer than
-    two rounds of chunks for ``workers``, are cut finer and finer down to single inputs, so that the
-    workers finish together instead of one of them working alone through a last chunk (which costs
-    most with large photos)."""
-    left = count
-    chunk: list[SourceItem] = []
-    limit = size
+def shard_plan(items: Iterable[SourceItem], shard_size: int, count: int | None, workers: int, first_index: int) -> Iterator[tuple[int, list[SourceItem]]]:
+    """Shards numbered from ``first_index``, in input order, of at most ``shard_size`` inputs. With
+    ``count`` inputs in all, there are ceil(count / shard_size) shards rounded up to a multiple of
+    ``workers``, all of one size (but the last), so that every worker has as much to do."""
+    size = shard_size
+    if count:
+        shards = -(-count // shard_size)
+        size = -(-count // (-(-shards // workers) * workers))
+    index, shard = first_index, []
     for item in items:
-        if not chunk and left is not None:
-            limit = size if left >= 2 * workers * size else max(1, -(-left // (2 * workers)))
+        shard.append(item)
+        if len(shard) == size:
+            yield index, shard
+            index, shard = index + 1, []
+    if shard:
+        yield index, shard
+
+
+def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+    chunk: list[SourceItem] = []
+    for item in items:
         chunk.append(item)
-        if len(chunk) == limit:
+        if len(chunk) == size:
             yield chunk
-            left = None if left is None else left - len(chunk)
             chunk = []
     if chunk:
         yield chunk
@@ -171,7 +235,7 @@ class _Task:
 class _Worker:
     process: Any
     connection: Connection
-    tasks: deque[_Task] = field(default_factory=deque)  # sent and not answered, in order: the first is in progress
+    tasks: deque[Any] = field(default_factory=deque)  # sent and not answered, in order: the first is in progress
 
 
 @dataclass
@@ -204,7 +268,14 @@ class _Pool:
     def _start(self) -> _Worker:
         ours, theirs = self.context.Pipe()
         process = self.context.Process(target=_serve, args=(theirs, self.function, self.initargs), daemon=True)
-        process.start()
+        # OpenCV's thread pool is stopped across the fork: a child that resizes a pool it inherited
+        # running waits forever for threads that do not exist in it.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            process.start()
+        finally:
+            cv2.setNumThreads(threads)
         theirs.close()  # the worker holds the only other end: its death ends the pipe for us
         return _Worker(process, ours)
 
@@ -233,16 +304,13 @@ class _Pool:
                 worker.process.join()
 
 
-def run(config: BuildConfig, items: Iterable[SourceItem], count: int | None = None) -> Iterator[list[Row | Skip]]:
-    """Processed chunks in input order, from this process or a pool with a bounded window;
-    ``count``, the number of ``items`` if known, lets the last chunks be cut finer when the workers
-    annotate image by image.
-    Closing the generator early (an error, Ctrl-C) stops the workers at once."""
+def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row | Skip]]:
+    """Processed chunks in input order: all in this process (one worker), or annotated here while
+    a pool with a bounded window decodes and encodes (an accelerator; when several workers annotate,
+    they write the shards themselves: :func:`write`). Closing the generator early (an error,
+    Ctrl-C) stops the workers at once."""
     args = pipeline_args(config)
-    # Cutting the last chunks finer balances workers that annotate image by image; batches (for an
-    # accelerator, or an annotator that prefers them) keep their size.
-    per_image = config.workers > 1 and not config.is_central and all(a.preferred_batch_size == 1 for a in config.instances())
-    chunks = _chunks(items, config.chunk_size(), count if per_image else None, config.workers)
+    chunks = _chunks(items, config.chunk_size())
     if config.workers == 1:
         pipeline = Pipeline(*args)
         threads = cv2.getNumThreads()
@@ -253,9 +321,10 @@ def run(config: BuildConfig, items: Iterable[SourceItem], count: int | None = No
         finally:
             cv2.setNumThreads(threads)
         return
-    central = config.is_central
-    annotator = Pipeline(*args) if central else None
-    pool = _Pool(config.workers, _work_prepare if central else _work, (args, not central, os.getpid()))
+    if not config.is_central:
+        raise ValueError("several workers that annotate write the shards themselves: use write()")
+    annotator = Pipeline(*args)
+    pool = _Pool(config.workers, _work_prepare, (args, False, os.getpid()))
     window = 2 * config.workers  # chunks handed out and not yet yielded
     retries: deque[_Task] = deque()  # inputs of broken chunks, run before new chunks
     results = _Results()
@@ -320,9 +389,6 @@ def run(config: BuildConfig, items: Iterable[SourceItem], count: int | None = No
             message = " ".join(str(payload).split())[:300]
             results.add(task, [Skip(item.file_name, item.path, f"unexpected error ({type(payload).__name__}: {message})")])
 
-    def finish(result: list[Any]) -> list[Row | Skip]:
-        return annotator.annotate(result) if annotator is not None else result
-
     def hand_out() -> None:
         nonlocal idle_deaths
         for worker in list(pool.workers):
@@ -365,7 +431,190 @@ def run(config: BuildConfig, items: Iterable[SourceItem], count: int | None = No
             while next_to_yield in results.done:
                 result = results.done.pop(next_to_yield)
                 next_to_yield += 1
-                yield finish(result)
+                yield annotator.annotate(result)
         completed = True
     finally:
         pool.stop(kill=not completed)
+
+
+@dataclass
+class _Shard:
+    """A shard a worker writes: its inputs, and the rows already made for some of them (by file
+    name; inputs retried alone after a worker died on them)."""
+
+    index: int
+    items: list[SourceItem]
+    given: dict[str, Row] = field(default_factory=dict)
+    reported: int = 0  # inputs the worker reported done in this attempt
+    rows: int = 0  # rows it reported in this attempt, lost if it dies
+    deaths: int = 0  # deaths of its workers that no input could be blamed for
+    alone: int = 0  # its inputs being retried alone; it is written again once they are done
+
+
+@dataclass
+class _Alone:
+    """An input of ``shard`` retried on a worker of its own after a worker died on its chunk (the
+    first death); a second death skips it."""
+
+    shard: _Shard
+    item: SourceItem
+
+
+def write(
+    config: BuildConfig,
+    layout: Layout,
+    items: Iterable[SourceItem],
+    count: int | None,
+    first_index: int,
+    progress: Callable[[int, list[Skip]], None],
+    finished: Callable[[ShardSummary], None],
+) -> None:
+    """Have the workers write the shards of ``items`` (``count`` of them, if known), numbered from
+    ``first_index``; see the module docstring. ``progress(rows, skips)`` is called after each chunk
+    (``rows`` is negative for the rows of a shard lost with its worker), ``finished(summary)`` once a
+    shard is renamed into place."""
+    writing = _Writing(config.output, layout, config.chunk_size())
+    plan = shard_plan(items, config.shard_size, count, config.workers, first_index)
+    ready: deque[_Shard | _Alone] = deque()  # taken before new shards
+    crashes_in_a_row = idle_deaths = 0
+
+    def next_task() -> _Shard | _Alone | None:
+        if ready:
+            return ready.popleft()
+        shard = next(plan, None)
+        return None if shard is None else _Shard(*shard)
+
+    def resolve(alone: _Alone, result: Row | Skip) -> None:
+        shard = alone.shard
+        if isinstance(result, Skip):
+            shard.items = [item for item in shard.items if item is not alone.item]
+            progress(0, [result])
+        else:
+            shard.given[alone.item.file_name] = result
+        shard.alone -= 1
+        if shard.alone == 0:
+            ready.appendleft(shard)
+
+    def died(worker: _Worker) -> None:
+        nonlocal crashes_in_a_row
+        task = worker.tasks.popleft()
+        how = pool.replace(worker)
+        if isinstance(task, _Alone):
+            item = task.item
+            crashes_in_a_row += 1
+            if crashes_in_a_row >= CONSECUTIVE_CRASHES:
+                raise BuildError(f"worker processes died on {crashes_in_a_row} inputs in a row (last: {how}); is there enough memory for --workers {config.workers}?")
+            log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
+            resolve(task, Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})"))
+            return
+        progress(-task.rows, [])
+        suspects = [item for item in task.items[task.reported : task.reported + writing.chunk] if item.file_name not in task.given]
+        task.reported = task.rows = 0
+        if suspects:
+            shown = ", ".join(item.file_name for item in suspects[:3]) + (" ..." if len(suspects) > 3 else "")
+            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, shown)
+            task.alone = len(suspects)
+            ready.extendleft(reversed([_Alone(task, item) for item in suspects]))
+            return
+        task.deaths += 1
+        if task.deaths >= SHARD_DEATHS:
+            raise BuildError(f"worker processes died {task.deaths} times while writing shard {task.index} (last: {how})")
+        log.warning("a worker process died (%s) while writing a shard; it is written again", how)
+        ready.appendleft(task)
+
+    def replied(worker: _Worker, status: str, payload: Any) -> None:
+        nonlocal crashes_in_a_row
+        if status == "progress":
+            inputs, rows, skips = payload
+            shard = worker.tasks[0]
+            shard.reported += inputs
+            shard.rows += rows
+            progress(rows, skips)
+            return
+        task = worker.tasks.popleft()
+        if status == "ok":
+            crashes_in_a_row = 0
+            if isinstance(task, _Alone):
+                resolve(task, payload[0])
+            else:
+                finished(payload)
+        elif isinstance(task, _Alone) and not isinstance(payload, AnnotatorLoadError):
+            message = " ".join(str(payload).split())[:300]
+            resolve(task, Skip(task.item.file_name, task.item.path, f"unexpected error ({type(payload).__name__}: {message})"))
+        else:  # the annotators cannot load, or writing failed (a full disk): the build stops
+            raise payload
+
+    def hand_out() -> None:
+        nonlocal idle_deaths
+        for worker in list(pool.workers):
+            if worker.tasks or (task := next_task()) is None:
+                continue
+            message = ("rows", [task.item]) if isinstance(task, _Alone) else ("shard", task.index, task.items, task.given)
+            try:
+                worker.connection.send(message)
+            except OSError:  # it died idle: not this task's fault, which waits for the next worker
+                ready.appendleft(task)
+                idle_deaths += 1
+                if idle_deaths > CONSECUTIVE_CRASHES * config.workers:
+                    raise BuildError("worker processes keep dying before they are given any work") from None
+                log.warning("a worker process died while idle (%s); a new one takes its place", pool.replace(worker))
+                continue
+            worker.tasks.append(task)
+
+    pool = _Pool(config.workers, _work_shard, (pipeline_args(config), True, os.getpid(), writing))
+    completed = False
+    try:
+        while True:
+            hand_out()
+            busy = [worker for worker in pool.workers if worker.tasks]
+            if not busy:
+                if ready:  # handed back by a worker that died idle
+                    continue
+                break
+            for worker in _answering(busy):
+                try:  # a message sent before a worker ended is still read
+                    status, payload = worker.connection.recv()
+                except (EOFError, OSError):  # ended, or cut short halfway through a message
+                    died(worker)
+                    continue
+                replied(worker, status, payload)
+        completed = True
+    except BaseException:
+        _close_early(pool, progress, finished)
+        raise
+    finally:
+        pool.stop(kill=not completed)
+
+
+def _answering(busy: list[_Worker], timeout: float | None = None) -> list[_Worker]:
+    """The workers of ``busy`` that sent something or ended."""
+    ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout))
+    return [worker for worker in busy if worker.connection in ready or worker.process.sentinel in ready]
+
+
+def _close_early(pool: _Pool, progress: Callable[[int, list[Skip]], None], finished: Callable[[ShardSummary], None]) -> None:
+    """The build stops (an error, Ctrl-C): ask the workers writing shards to close them after the
+    chunk in hand, and record those shards, for up to FINISH_SECONDS."""
+    writing = [worker for worker in pool.workers if worker.tasks and isinstance(worker.tasks[0], _Shard)]
+    for worker in writing:
+        try:
+            worker.connection.send(FINISH)
+        except OSError:
+            pass
+    deadline = time.monotonic() + FINISH_SECONDS
+    try:
+        while writing and (left := deadline - time.monotonic()) > 0:
+            for worker in _answering(writing, left):
+                try:
+                    status, payload = worker.connection.recv()
+                except (EOFError, OSError):
+                    writing.remove(worker)
+                    continue
+                if status == "progress":
+                    progress(payload[1], payload[2])
+                    continue
+                writing.remove(worker)
+                if status == "ok" and isinstance(payload, ShardSummary):
+                    finished(payload)
+    except Exception:  # what fails now (a full disk) is not what stopped the build, which is raised
+        log.debug("closing the shards early failed", exc_info=True)

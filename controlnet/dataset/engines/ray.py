@@ -27,9 +27,9 @@ import dataclasses
 import logging
 import pickle
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +39,14 @@ from controlnet.dataset.config import BuildConfig, BuildError
 from controlnet.dataset.engines.local import pipeline_args
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip
-from controlnet.dataset.resume import PREVIEW_ROWS
+from controlnet.dataset.shards import ShardSummary, write_shard
 from controlnet.dataset.sources import SourceItem
 
-__all__ = ["INSTALL_HINT", "ShardSummary", "plan", "require", "run"]
+__all__ = ["INSTALL_HINT", "plan", "require", "run"]
 
 INSTALL_HINT = "--engine ray needs Ray, which is not installed: pip install 'cn-annotate[ray]'"
 #: pieces an actor has decoded ahead of the one it annotates
 LOOKAHEAD = 2
-
-
-@dataclass
-class ShardSummary:
-    """What a shard task reports to the driver: its rows' count and card statistics, and its skips."""
-
-    index: int
-    rows: int = 0
-    skips: list[Skip] = field(default_factory=list)
-    tallies: list[Counter[str]] = field(default_factory=list)  # one per data column of the layout
-    preview: list[dict[str, Any]] = field(default_factory=list)
-    nodes: set[str] = field(default_factory=set)  # the Ray nodes its pieces ran on
 
 
 @dataclass(frozen=True)
@@ -137,34 +125,16 @@ def _write(spec: _Spec, index: int, inputs: int, pieces: list[Any]) -> ShardSumm
     group, never the whole shard."""
     import ray
 
-    from controlnet.dataset.shards import ShardWriter
+    nodes = {_node()}
 
-    summary = ShardSummary(index, tallies=[Counter() for _ in spec.layout.data_columns], nodes={_node()})
-    writer = ShardWriter(Path(spec.output), spec.layout, inputs, index)  # at most `inputs` rows: one shard
-    try:
+    def fetched() -> Iterator[list[Row | Skip]]:
         for piece in pieces:
             node, results = ray.get(piece)
-            summary.nodes.add(node)
-            for result in results:
-                if isinstance(result, Skip):
-                    summary.skips.append(result)
-                    continue
-                writer.add(result)
-                summary.rows += 1
-                for tally, found in zip(summary.tallies, result.tallies):
-                    tally.update(found)
-                if len(summary.preview) < PREVIEW_ROWS:
-                    summary.preview.append({"file_name": result.file_name, "text": result.caption, "width": result.width, "height": result.height})
-        writer.close()
-        for row, reason in writer.rejected:  # rows the writer could not store are skips, as locally
-            summary.rows -= 1
-            for tally, found in zip(summary.tallies, row.tallies):
-                tally.subtract(found)
-            summary.preview = [shown for shown in summary.preview if shown["file_name"] != row.file_name]
-            summary.skips.append(Skip(row.file_name, None, reason))
-    except BaseException:
-        writer.abort()
-        raise
+            nodes.add(node)
+            yield results
+
+    summary = write_shard(Path(spec.output), spec.layout, index, inputs, fetched())
+    summary.nodes |= nodes
     return summary
 
 

@@ -106,6 +106,22 @@ def test_folder_with_good_and_bad_files_end_to_end(mixed: tuple[Path, dict[str, 
     assert "Rows: 4" in card and f"Skipped inputs: {len(bad)}" in card and "small.jpg" in card
 
 
+@pytest.mark.timeout(60)
+def test_workers_start_after_this_process_ran_opencv_on_several_threads(tmp_path: Path) -> None:
+    """A forked worker that resized the OpenCV thread pool it inherited running (this process had
+    just used it, as a first build with one worker does) used to wait forever."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        large = np.random.default_rng(0).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+        cv2.Canny(cv2.resize(large, (1000, 1000), interpolation=cv2.INTER_AREA), 100, 200)  # the pool's threads now wait for work
+        write_photo(tmp_path / "images" / "a.png", 0, 64, 64, fmt="PNG")
+        write_photo(tmp_path / "images" / "b.png", 1, 64, 64, fmt="PNG")
+        assert build(config(tmp_path / "images", tmp_path / "ds", resolution=64, workers=2, batch_size=1)).rows == 2
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def test_keep_size_and_workers_give_the_same_dataset(mixed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     folder, _ = mixed
     one = build(config(folder, tmp_path / "one", keep_size=True, max_pixels=600_000))

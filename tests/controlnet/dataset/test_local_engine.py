@@ -1,8 +1,9 @@
-"""The local engine's chunking: plain chunks, and the last ones cut finer so that workers finish together."""
+"""The local engine's shards when the workers write them: in input order, as many as the workers
+can share evenly."""
 
 from __future__ import annotations
 
-from controlnet.dataset.engines.local import _chunks
+from controlnet.dataset.engines.local import shard_plan
 from controlnet.dataset.sources import SourceItem
 
 
@@ -10,19 +11,25 @@ def _items(count: int) -> list[SourceItem]:
     return [SourceItem(f"{index}.jpg", "") for index in range(count)]
 
 
-def test_chunks_of_the_batch_size_when_the_count_is_unknown() -> None:
-    assert [len(c) for c in _chunks(_items(20), 8)] == [8, 8, 4]
+def _sizes(count: int, shard_size: int, workers: int, known: int | None = None) -> list[int]:
+    plan = list(shard_plan(_items(count), shard_size, count if known is None else known, workers, 7))
+    assert [index for index, _ in plan] == list(range(7, 7 + len(plan)))  # numbered on from the first free index
+    assert [item for _, shard in plan for item in shard] == _items(count)  # every input once, in order
+    return [len(shard) for _, shard in plan]
 
 
-def test_the_last_two_rounds_are_cut_finer_down_to_single_inputs() -> None:
-    items = _items(60)
-    chunks = list(_chunks(items, 8, count=60, workers=2))
-    # 8 until fewer than 2 rounds (2 workers x 2 x 8 = 32) are left, then a quarter of what is left
-    assert [len(c) for c in chunks] == [8, 8, 8, 8, 7, 6, 4, 3, 2, 2, 1, 1, 1, 1]
-    assert [item for chunk in chunks for item in chunk] == items  # the same inputs, in order
+def test_full_shards_when_they_share_evenly() -> None:
+    assert _sizes(4000, 1000, 2) == [1000] * 4
+    assert _sizes(4000, 1000, 4) == [1000] * 4
 
 
-def test_a_wrong_count_only_changes_the_sizes() -> None:
-    items = _items(10)
-    for count in (0, 3, 100):
-        assert [item for chunk in _chunks(items, 4, count=count, workers=2) for item in chunk] == items
+def test_fewer_inputs_than_the_workers_could_take_are_shared_between_them() -> None:
+    assert _sizes(1500, 1000, 2) == [750, 750]  # not 1000 and 500: one worker would finish alone
+    assert _sizes(2500, 1000, 2) == [625] * 4  # 3 shards, rounded up to 4
+    assert _sizes(10, 4, 2) == [3, 3, 3, 1]
+
+
+def test_an_unknown_or_wrong_count_only_changes_the_sizes() -> None:
+    assert _sizes(20, 8, 2, known=0) == [8, 8, 4]
+    assert _sizes(10, 4, 2, known=3) == [2, 2, 2, 2, 2]
+    assert _sizes(10, 4, 2, known=100) == [4, 4, 2]

@@ -169,20 +169,23 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_real_full_filesystem(tmpfs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_real_full_filesystem(tmpfs: Path, tmp_path: Path, workers: int) -> None:
+    """With 2 workers, each writes its own shards: the one that finds the disk full stops the build,
+    and the other closes its shard if there is room for it."""
     folder = tmp_path / "big-images"
     for i in range(16):  # about 3.5 MiB of PNG, more than the 2 MiB disk holds
         write_photo(folder / f"{i:02d}.png", i, 384, 384, fmt="PNG")
     output = tmpfs / "ds"
     with pytest.raises(BuildError, match="no space left on the device"):
-        build(config(folder, output, resolution=384, shard_size=2))
+        build(config(folder, output, resolution=384, shard_size=2, workers=workers, batch_size=1))
     assert_committed_work_usable(output)
     kept = names(output)
     assert 0 < len(kept) < 16
 
     subprocess.run(["mount", "-o", "remount,size=16m", str(tmpfs)], check=True)  # the disk grows
-    result = build(config(folder, output, resolution=384, shard_size=2))
-    assert names(output)[: len(kept)] == kept
+    result = build(config(folder, output, resolution=384, shard_size=2, workers=workers, batch_size=1))
+    assert set(names(output)[: len(kept)]) == set(kept)
     assert sorted(names(output)) == [f"{i:02d}.png" for i in range(16)] and result.rows == 16
     assert_committed_work_usable(output)
 
@@ -273,15 +276,16 @@ def test_a_read_only_output_folder_is_one_line(pngs: Path, tmp_path: Path) -> No
 
 
 def test_a_worker_killed_once_is_replaced_and_its_chunk_retried(pngs: Path, tmp_path: Path, registered, caplog: pytest.LogCaptureFixture) -> None:
-    """The worker annotating the magenta image SIGKILLs itself the first time: the pool is started
-    again and every input still becomes a row, in input order."""
+    """The worker annotating the magenta image SIGKILLs itself the first time, losing the shard it
+    was writing (03.png, 04.png, 04b.png, with chunks of 2): a new worker retries 04b.png alone, the
+    shard is written again, and every input still becomes a row, in input order."""
     registered(faults.NAME, faults.FaultCanny)
     faults.write_magenta(pngs / "04b.png")
     params = {faults.NAME: {"die": "first", "die_marker": str(tmp_path / "died")}}
     with caplog.at_level(logging.WARNING, logger="controlnet.dataset"):
         result = build(config(pngs, tmp_path / "ds", names=(faults.NAME,), params=params, resolution=64, workers=2, batch_size=2, shard_size=4))
     assert (tmp_path / "died").exists()
-    assert "a worker process died (process " in caplog.text and "killed by SIGKILL) while processing 04.png, 04b.png" in caplog.text
+    assert "a worker process died (process " in caplog.text and "killed by SIGKILL) while processing 04b.png;" in caplog.text
     assert "a new worker retries its inputs one by one" in caplog.text
     assert names(tmp_path / "ds") == sorted(p.name for p in pngs.iterdir()) and result.skipped == 0
 
@@ -299,6 +303,46 @@ def test_an_input_that_kills_its_worker_twice_is_skipped_and_recorded(pngs: Path
     assert result.skip_kinds == {"crashed its worker": 1} and skip_kind(reason) == "crashed its worker"
     assert "04b.png: its worker process died again (process " in caplog.text
     assert build(config(pngs, output, names=(faults.NAME,), params=params, resolution=64, workers=2)).rows_added == 0  # recorded: not tried again
+
+
+def test_workers_writing_shards_keep_the_rows_in_hand_when_the_build_is_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C (here: raised by the progress callback) while 2 workers each write a shard of 12
+    inputs: they close their shards after the chunk in hand, the card counts those rows, and the
+    next run adds exactly the rest."""
+    folder = tmp_path / "images"
+    for i in range(24):
+        write_photo(folder / f"{i:02d}.png", i, 64, 64, fmt="PNG")
+    output = tmp_path / "ds"
+    reports = 0
+
+    def interrupt(progress: Any) -> None:
+        nonlocal reports
+        reports += 1
+        if reports == 4:  # the start, then 3 chunks of 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(config(folder, output, resolution=64, workers=2, batch_size=2, shard_size=12), interrupt)
+    assert_committed_work_usable(output)
+    kept = names(output)
+    assert 6 <= len(kept) < 24  # the 3 chunks reported, at least, and not everything
+    assert {"00.png", "01.png", "12.png", "13.png"} <= set(kept)  # each shard holds at least its first chunk
+    result = build(config(folder, output, resolution=64, workers=2, batch_size=2, shard_size=12))
+    assert result.rows_added == 24 - len(kept) and sorted(names(output)) == [f"{i:02d}.png" for i in range(24)]
+    assert_committed_work_usable(output)
+
+
+def test_a_worker_that_cannot_write_stops_the_build_in_one_line(pngs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk met by the workers writing the shards (each forked with its own copy of the
+    injected disk): the first one's error stops the build, as when this process writes."""
+    monkeypatch.setattr(shards, "open", lambda path, mode="r": ShardFile(path, mode, Disk(0)), raising=False)
+    output = tmp_path / "ds"
+    with pytest.raises(BuildError, match="^no space left on the device of .* run the same command again to continue$"):
+        build(config(pngs, output, resolution=64, workers=2, batch_size=1, shard_size=3))
+    assert shard_paths(output) == [] and not list((output / "data").glob(".*.tmp"))
+    monkeypatch.undo()
+    assert build(config(pngs, output, resolution=64, workers=2, batch_size=1, shard_size=3)).rows == 10
+    assert_committed_work_usable(output)
 
 
 def test_a_worker_killed_from_outside_is_detected(pngs: Path, tmp_path: Path, registered, caplog: pytest.LogCaptureFixture) -> None:
