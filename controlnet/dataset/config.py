@@ -76,7 +76,7 @@ class BuildConfig:
     revision: str | None = param(None, "branch, tag or commit of a Hub dataset input (default: the latest commit, which is recorded)")
     workers: int = param(0, "worker processes (0: one per core)", ge=0, runtime=True)
     batch_size: int | None = param(None, "images per task (default: the annotators' preferred batch, else 8)", ge=1, runtime=True)
-    shard_size: int = param(1000, "rows per Parquet shard", ge=1, runtime=True)
+    shard_size: int = param(1000, "inputs per Parquet shard, at most", ge=1, runtime=True)
     max_pixels: int = param(DEFAULT_MAX_PIXELS, "larger images are skipped", ge=1)
     max_file_bytes: int = param(DEFAULT_MAX_FILE_BYTES, "larger input files (images, caption and metadata files) are skipped or refused", ge=1)
     image_format: str = param(

@@ -13,7 +13,7 @@ never images:
   the models once. An actor decodes its shard's pieces in CPU tasks, runs the networks on each
   piece (a batch of ``--batch-size`` images) and has CPU tasks encode the maps.
 * Either way one task per shard gathers its pieces in order and writes the shard with
-  :class:`~controlnet.dataset.shards.ShardWriter` (a hidden temporary file, renamed into place).
+  :func:`~controlnet.dataset.shards.write_shard` (a hidden temporary file, renamed into place).
 
 The driver appends the skipped inputs that the shard tasks report to ``skipped.jsonl`` in shard
 order, and writes the card. Ray retries a task whose worker dies and restarts a killed actor (which
