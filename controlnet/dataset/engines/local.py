@@ -447,6 +447,7 @@ class _Shard:
     given: dict[str, Row] = field(default_factory=dict)
     reported: int = 0  # inputs the worker reported done in this attempt
     rows: int = 0  # rows it reported in this attempt, lost if it dies
+    skipped: set[str] = field(default_factory=set)  # inputs it reported skipped: recorded, never done again
     deaths: int = 0  # deaths of its workers that no input could be blamed for
     alone: int = 0  # its inputs being retried alone; it is written again once they are done
 
@@ -509,6 +510,7 @@ def write(
             return
         progress(-task.rows, [])
         suspects = [item for item in task.items[task.reported : task.reported + writing.chunk] if item.file_name not in task.given]
+        task.items = [item for item in task.items if item.file_name not in task.skipped]
         task.reported = task.rows = 0
         if suspects:
             shown = ", ".join(item.file_name for item in suspects[:3]) + (" ..." if len(suspects) > 3 else "")
@@ -529,6 +531,7 @@ def write(
             shard = worker.tasks[0]
             shard.reported += inputs
             shard.rows += rows
+            shard.skipped.update(skip.file_name for skip in skips)
             progress(rows, skips)
             return
         task = worker.tasks.popleft()

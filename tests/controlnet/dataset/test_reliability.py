@@ -290,6 +290,21 @@ def test_a_worker_killed_once_is_replaced_and_its_chunk_retried(pngs: Path, tmp_
     assert names(tmp_path / "ds") == sorted(p.name for p in pngs.iterdir()) and result.skipped == 0
 
 
+def test_the_inputs_a_dead_worker_skipped_are_not_done_again(pngs: Path, tmp_path: Path, registered) -> None:
+    """The second shard is 05a.png (not an image), 05b.png (kills its worker once), 06..09: the shard
+    written again after the death leaves out 05a.png, which is recorded once."""
+    registered(faults.NAME, faults.FaultCanny)
+    (pngs / "05a.png").write_bytes(b"not an image")
+    faults.write_magenta(pngs / "05b.png")
+    params = {faults.NAME: {"die": "first", "die_marker": str(tmp_path / "died")}}
+    output = tmp_path / "ds"
+    result = build(config(pngs, output, names=(faults.NAME,), params=params, resolution=64, workers=2, batch_size=1, shard_size=6))
+    assert (tmp_path / "died").exists()
+    assert (output / "skipped.jsonl").read_text().count("05a.png") == 1 and result.skipped == 1
+    assert names(output) == [f"{i:02d}.png" for i in range(6)] + ["05b.png"] + [f"{i:02d}.png" for i in range(6, 10)]
+    assert_committed_work_usable(output)
+
+
 def test_an_input_that_kills_its_worker_twice_is_skipped_and_recorded(pngs: Path, tmp_path: Path, registered, caplog: pytest.LogCaptureFixture) -> None:
     registered(faults.NAME, faults.FaultCanny)
     faults.write_magenta(pngs / "04b.png")
