@@ -515,6 +515,23 @@ def test_shard_writer_rejects_only_the_bad_row(tmp_path: Path) -> None:
     assert pq.read_table(shard_paths(tmp_path)[0]).column("file_name").to_pylist() == ["a", "c"]
 
 
+def test_shard_writer_converts_rows_early_and_writes_row_groups_of_a_hundred(tmp_path: Path) -> None:
+    """Rows go to Arrow ten at a time (so that they do not sit among the decoder's buffers for a
+    whole row group); a row group still holds ROW_GROUP of them, and a bad row costs only itself."""
+    layout = Layout.of([("canny", None)])
+    (tmp_path / "data").mkdir()
+    writer = shards.ShardWriter(tmp_path, layout, shard_size=1000, next_index=0)
+    data = b"any bytes"
+    names = [f"{i:03d}" if i != 42 else "bad\udcff" for i in range(250)]
+    for count, name in enumerate(names, start=1):
+        writer.add(Row(name, "caption", data, f"{name}.png", 1, 1, [data], [], []))
+        assert len(writer.buffer) == count % shards.ShardWriter.CONVERTED
+    writer.close()
+    metadata = pq.ParquetFile(shard_paths(tmp_path)[0]).metadata
+    assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [99, 100, 50]
+    assert pq.read_table(shard_paths(tmp_path)[0]).column("file_name").to_pylist() == [name for name in names if name != "bad\udcff"]
+
+
 def test_hidden_files_and_folders_are_not_inputs(pngs: Path, tmp_path: Path) -> None:
     write_photo(pngs / ".hidden.png", 1, 64, 64, fmt="PNG")
     write_photo(pngs / "._00.png", 1, 64, 64, fmt="PNG")  # a macOS resource fork next to 00.png
