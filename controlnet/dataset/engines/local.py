@@ -12,36 +12,30 @@
   worker has at most two chunks (the one it works on, and the next, so that it never waits for
   this process), done in order, and this process writes the rows in input order.
 
-Each worker has a pipe of its own, so this process always knows what a worker was working on. A
-worker that dies (the out-of-memory killer, a crash in a native library), even halfway through
-sending a message, is seen at once (its pipe ends, its process sentinel is ready): the death is
+The workers (:mod:`~controlnet.dataset.engines.workers`) each have a pipe of their own, so this
+process always knows what a worker was working on, and sees its death at once. The death is
 reported, a new worker replaces it, and the inputs of its chunk are retried one at a time, each on
 a worker of its own; a shard it was writing is lost, and written again once they are done, with
 their rows handed to it. An input whose worker dies a second time is skipped with that reason, so
-one poisonous file costs one row, not the build. (``multiprocessing.Pool`` waits forever for a
-dead worker's task, and ``concurrent.futures`` can block reading a result cut short.) On an error
-or Ctrl-C the workers writing shards are asked to close them after the chunk in hand, so that the
-rows already annotated are kept.
+one poisonous file costs one row, not the build. On an error or Ctrl-C the workers writing shards
+are asked to close them after the chunk in hand, so that the rows already annotated are kept.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import cv2
 
 from controlnet.dataset.config import BuildConfig, BuildError
+from controlnet.dataset.engines.workers import FINISH, Pool, Worker, answering, pipeline, setting
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip
 from controlnet.dataset.shards import ShardSummary, write_shard
@@ -57,8 +51,6 @@ CONSECUTIVE_CRASHES = 10
 SHARD_DEATHS = 3
 #: seconds the workers are given to close their shards once the build stops early (an error, Ctrl-C)
 FINISH_SECONDS = 10.0
-#: what this process sends a worker writing a shard to have it closed after the chunk in hand
-FINISH = "finish"
 
 
 @dataclass(frozen=True)
@@ -70,48 +62,8 @@ class _Writing:
     chunk: int
 
 
-_WORKER: Pipeline | None = None
-_WORKER_ERROR: str | None = None  # why the worker's pipeline could not be made, raised by its first task
-_WRITING: _Writing | None = None  # set in workers that write shards
-
-
-def _die_with_parent(parent: int) -> None:
-    """Workers end when the builder does, even when it is killed with SIGKILL (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-    if os.getppid() != parent:  # it died before the line above took effect
-        os._exit(1)
-
-
-def _init_worker(args: tuple[Any, ...], annotate: bool, parent: int, writing: _Writing | None = None) -> None:
-    global _WORKER, _WORKER_ERROR, _WRITING
-    _WRITING = writing
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the parent, which stops the workers
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's own handler (if any) must not keep a worker alive
-    cv2.setNumThreads(1)  # one core per worker: the pool is the parallelism
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if "torch" in sys.modules:  # imported before the fork: its thread pool is already sized
-        sys.modules["torch"].set_num_threads(1)
-    try:
-        _WORKER = Pipeline(*args, load_annotators=annotate)
-    except Exception as err:  # reported by the first task, as a fault of the set-up
-        _WORKER_ERROR = f"cannot start a worker: {type(err).__name__}: {err}"
-
-
-def _pipeline() -> Pipeline:
-    if _WORKER is None:
-        raise AnnotatorLoadError(_WORKER_ERROR or "the worker has no pipeline")
-    return _WORKER
-
-
 def _work_prepare(chunk: list[SourceItem], connection: Connection) -> list[Prepared | Skip]:
-    worker = _pipeline()
+    worker = pipeline()
     return [worker.guarded_prepare(item) for item in chunk]
 
 
@@ -121,15 +73,14 @@ def _work_shard(task: tuple[Any, ...], connection: Connection) -> list[Row | Ski
     already made for some of its inputs (``given``, by file name). A ``("progress", (inputs, rows,
     skips))`` message goes out after each chunk, and the shard is closed early when FINISH comes."""
     if task[0] == "rows":
-        return _pipeline().process(task[1])
+        return pipeline().process(task[1])
     _, index, items, given = task
-    pipeline, writing = _pipeline(), _WRITING
-    assert writing is not None
+    worker, writing = pipeline(), setting()
 
     def pieces() -> Iterator[list[Row | Skip]]:
         for start in range(0, len(items), writing.chunk):
             chunk = items[start : start + writing.chunk]
-            made = iter(pipeline.process([item for item in chunk if item.file_name not in given]))
+            made = iter(worker.process([item for item in chunk if item.file_name not in given]))
             yield [given[item.file_name] if item.file_name in given else next(made) for item in chunk]
             if connection.poll():  # nothing but FINISH comes while a shard is written
                 connection.recv()
@@ -140,41 +91,6 @@ def _work_shard(task: tuple[Any, ...], connection: Connection) -> list[Row | Ski
         connection.send(("progress", (len(piece), len(piece) - len(skips), skips)))
 
     return write_shard(writing.output, writing.layout, index, len(items), pieces(), report)
-
-
-def _serve(connection: Connection, function: Callable[[Any, Connection], Any], initargs: tuple[Any, ...]) -> None:
-    """A worker's loop: tasks in, ``("ok", result)`` or ``("error", exception)`` out, in order, until
-    the pipe closes or None comes."""
-    _init_worker(*initargs)
-    chunks: deque[Any] = deque()
-    while True:
-        if not chunks:
-            try:
-                chunks.append(connection.recv())
-            except (EOFError, OSError):
-                return
-        chunk = chunks.popleft()
-        if chunk is None:
-            return
-        if isinstance(chunk, str) and chunk == FINISH:  # came after its shard was closed: nothing to do
-            continue
-        try:
-            reply: tuple[str, Any] = ("ok", function(chunk, connection))
-        except Exception as err:
-            reply = ("error", err)
-        # Read what was sent meanwhile before replying: a sender blocked on a full pipe must not
-        # wait for us while we wait for it to read our reply.
-        while connection.poll():
-            try:
-                chunks.append(connection.recv())
-            except (EOFError, OSError):
-                return
-        try:
-            connection.send(reply)
-        except (EOFError, OSError):
-            return
-        except Exception as err:  # a result that cannot be pickled: say so instead
-            connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
 
 def shard_plan(items: Iterable[SourceItem], shard_size: int, count: int | None, workers: int, first_index: int) -> Iterator[tuple[int, list[SourceItem]]]:
@@ -210,17 +126,6 @@ def pipeline_args(config: BuildConfig) -> tuple[Any, ...]:
     return (config.annotators, config.filters, None if config.keep_size else config.resolution, config.max_pixels, config.image_format, config.jpeg_quality, config.max_file_bytes, config.decode)
 
 
-def _how(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "its pipe closed"
-    if exitcode < 0:
-        try:
-            return f"killed by {signal.Signals(-exitcode).name}"
-        except ValueError:
-            return f"killed by signal {-exitcode}"
-    return f"exited with status {exitcode}"
-
-
 @dataclass
 class _Task:
     """Inputs ``items`` of chunk ``sequence`` (all of it, or the input at ``part`` once split)."""
@@ -229,13 +134,6 @@ class _Task:
     items: list[SourceItem]
     part: int | None = None
     deaths: int = 0  # worker deaths this task's inputs were in flight for
-
-
-@dataclass
-class _Worker:
-    process: Any
-    connection: Connection
-    tasks: deque[Any] = field(default_factory=deque)  # sent and not answered, in order: the first is in progress
 
 
 @dataclass
@@ -253,55 +151,6 @@ class _Results:
         parts[task.part] = result
         if all(part is not None for part in parts):
             self.done[task.sequence] = [row for part in self.parts.pop(task.sequence) for row in part]
-
-
-class _Pool:
-    """Worker processes, each with its own pipe; see the module docstring."""
-
-    def __init__(self, size: int, function: Callable[[list[SourceItem]], Any], initargs: tuple[Any, ...]) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        self.context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        self.function = function
-        self.initargs = initargs
-        self.workers = [self._start() for _ in range(size)]
-
-    def _start(self) -> _Worker:
-        ours, theirs = self.context.Pipe()
-        process = self.context.Process(target=_serve, args=(theirs, self.function, self.initargs), daemon=True)
-        # OpenCV's thread pool is stopped across the fork: a child that resizes a pool it inherited
-        # running waits forever for threads that do not exist in it.
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        try:
-            process.start()
-        finally:
-            cv2.setNumThreads(threads)
-        theirs.close()  # the worker holds the only other end: its death ends the pipe for us
-        return _Worker(process, ours)
-
-    def replace(self, worker: _Worker) -> str:
-        """Reap a dead worker, start another in its place, and say how the dead one ended."""
-        worker.connection.close()
-        if worker.process.exitcode is None:
-            worker.process.kill()  # its pipe broke but it lives on: it cannot be trusted
-        worker.process.join()
-        how = f"process {worker.process.pid}: {_how(worker.process.exitcode)}"
-        self.workers[self.workers.index(worker)] = self._start()
-        return how
-
-    def stop(self, kill: bool) -> None:
-        for worker in self.workers:
-            if not kill:
-                try:
-                    worker.connection.send(None)
-                except OSError:
-                    pass
-            worker.connection.close()
-        for worker in self.workers:
-            worker.process.join(timeout=None if not kill else 0)
-            if worker.process.exitcode is None:
-                worker.process.kill()  # Ctrl-C or an error: the chunks in progress are not waited for
-                worker.process.join()
 
 
 def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row | Skip]]:
@@ -324,7 +173,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
     if not config.is_central:
         raise ValueError("several workers that annotate write the shards themselves: use write()")
     annotator = Pipeline(*args)
-    pool = _Pool(config.workers, _work_prepare, (args, False, os.getpid()))
+    pool = Pool(config.workers, _work_prepare, args, annotate=False)
     window = 2 * config.workers  # chunks handed out and not yet yielded
     retries: deque[_Task] = deque()  # inputs of broken chunks, run before new chunks
     results = _Results()
@@ -353,7 +202,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
         else:
             retries.appendleft(task)
 
-    def died(worker: _Worker) -> None:
+    def died(worker: Worker) -> None:
         """The worker ended: its first task is the one it was working on; the next was not begun."""
         nonlocal crashes_in_a_row
         task, *waiting = worker.tasks
@@ -373,7 +222,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
         log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
         results.add(task, [Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})")])
 
-    def replied(worker: _Worker, status: str, payload: Any) -> None:
+    def replied(worker: Worker, status: str, payload: Any) -> None:
         nonlocal crashes_in_a_row
         task = worker.tasks.popleft()
         if status == "ok":
@@ -417,10 +266,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
                 if retries:  # handed back by a worker that died idle
                     continue
                 break  # every chunk was handed out, finished and yielded
-            ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy]))
-            for worker in busy:
-                if worker.connection not in ready and worker.process.sentinel not in ready:
-                    continue
+            for worker in answering(busy):
                 try:  # a reply sent before a worker ended is still read
                     status, payload = worker.connection.recv()
                 except (EOFError, OSError):  # ended, or cut short halfway through its reply
@@ -496,7 +342,7 @@ def write(
         if shard.alone == 0:
             ready.appendleft(shard)
 
-    def died(worker: _Worker) -> None:
+    def died(worker: Worker) -> None:
         nonlocal crashes_in_a_row
         task = worker.tasks.popleft()
         how = pool.replace(worker)
@@ -524,7 +370,7 @@ def write(
         log.warning("a worker process died (%s) while writing a shard; it is written again", how)
         ready.appendleft(task)
 
-    def replied(worker: _Worker, status: str, payload: Any) -> None:
+    def replied(worker: Worker, status: str, payload: Any) -> None:
         nonlocal crashes_in_a_row
         if status == "progress":
             inputs, rows, skips = payload
@@ -564,7 +410,7 @@ def write(
                 continue
             worker.tasks.append(task)
 
-    pool = _Pool(config.workers, _work_shard, (pipeline_args(config), True, os.getpid(), writing))
+    pool = Pool(config.workers, _work_shard, pipeline_args(config), annotate=True, setting=writing)
     completed = False
     try:
         while True:
@@ -574,7 +420,7 @@ def write(
                 if ready:  # handed back by a worker that died idle
                     continue
                 break
-            for worker in _answering(busy):
+            for worker in answering(busy):
                 try:  # a message sent before a worker ended is still read
                     status, payload = worker.connection.recv()
                 except (EOFError, OSError):  # ended, or cut short halfway through a message
@@ -589,13 +435,7 @@ def write(
         pool.stop(kill=not completed)
 
 
-def _answering(busy: list[_Worker], timeout: float | None = None) -> list[_Worker]:
-    """The workers of ``busy`` that sent something or ended."""
-    ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout))
-    return [worker for worker in busy if worker.connection in ready or worker.process.sentinel in ready]
-
-
-def _close_early(pool: _Pool, progress: Callable[[int, list[Skip]], None], finished: Callable[[ShardSummary], None]) -> None:
+def _close_early(pool: Pool, progress: Callable[[int, list[Skip]], None], finished: Callable[[ShardSummary], None]) -> None:
     """The build stops (an error, Ctrl-C): ask the workers writing shards to close them after the
     chunk in hand, and record those shards, for up to FINISH_SECONDS."""
     writing = [worker for worker in pool.workers if worker.tasks and isinstance(worker.tasks[0], _Shard)]
@@ -607,7 +447,7 @@ def _close_early(pool: _Pool, progress: Callable[[int, list[Skip]], None], finis
     deadline = time.monotonic() + FINISH_SECONDS
     try:
         while writing and (left := deadline - time.monotonic()) > 0:
-            for worker in _answering(writing, left):
+            for worker in answering(writing, left):
                 try:
                     status, payload = worker.connection.recv()
                 except (EOFError, OSError):
