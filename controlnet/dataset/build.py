@@ -273,6 +273,12 @@ def _run_local(
 ) -> None:
     """The local engine's rows, written here in input order, in shards of ``shard_size`` rows; or,
     when several workers annotate, written by them."""
+    state = record.state
+    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
+        config = dataclasses.replace(config, workers=1)
+    if config.workers > 1 and not config.is_central:
+        _run_local_workers_write(config, pending, next_index, record, write_card, progress)
+        return
     committed_before = 0
 
     def take_rejected() -> None:
@@ -287,12 +293,6 @@ def _run_local(
         committed_before = writer.rows_committed
         write_card()
 
-    state = record.state
-    if state.total - state.done_before <= config.chunk_size():  # one task's worth: a pool would only cost
-        config = dataclasses.replace(config, workers=1)
-    if config.workers > 1 and not config.is_central:
-        _run_local_workers_write(config, pending, next_index, record, write_card, progress)
-        return
     writer = ShardWriter(config.output, record.layout, config.shard_size, next_index, on_shard=on_shard)
     try:
         with contextlib.closing(local.run(config, pending)) as chunks:  # closed first on an error: the workers stop at once

@@ -47,7 +47,7 @@ from controlnet.dataset.config import filter_for
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.sources import SourceItem, is_url, read_input
 
-__all__ = ["AnnotatorLoadError", "Pipeline", "Prepared", "Row", "Skip", "skip_kind"]
+__all__ = ["AnnotatorLoadError", "Pipeline", "Prepared", "Row", "Skip", "skip_kind", "unexpected_skip"]
 
 #: Source formats whose bytes are stored unchanged when no resize is needed; others are re-encoded.
 KEPT_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
@@ -288,7 +288,7 @@ class Pipeline:
         try:
             return self.prepare(item)
         except Exception as err:
-            return _unexpected(item, err)
+            return unexpected_skip(item, err)
 
     def process(self, chunk: list[SourceItem]) -> list[Row | Skip]:
         if any(a.preferred_batch_size > 1 for a in self.annotators):
@@ -310,9 +310,9 @@ class Pipeline:
             raise
         except Exception as err:
             assert isinstance(prepared, Prepared)  # a skip passes through annotate untouched
-            return _unexpected(prepared.item, err)
+            return unexpected_skip(prepared.item, err)
 
 
-def _unexpected(item: SourceItem, err: Exception) -> Skip:
+def unexpected_skip(item: SourceItem, err: Exception) -> Skip:
     message = " ".join(str(err).split())[:300]
     return Skip(item.file_name, item.path, f"unexpected error ({type(err).__name__}: {message})")

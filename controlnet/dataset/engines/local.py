@@ -35,9 +35,9 @@ from typing import Any
 import cv2
 
 from controlnet.dataset.config import BuildConfig, BuildError
-from controlnet.dataset.engines.workers import FINISH, Pool, Worker, answering, pipeline, setting
+from controlnet.dataset.engines.workers import CONSECUTIVE_CRASHES, FINISH, Pool, Worker, pipeline, received, setting
 from controlnet.dataset.layout import Layout
-from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip
+from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip, unexpected_skip
 from controlnet.dataset.shards import ShardSummary, write_shard
 from controlnet.dataset.sources import SourceItem
 
@@ -45,8 +45,6 @@ __all__ = ["pipeline_args", "run", "write"]
 
 log = logging.getLogger("controlnet.dataset")
 
-#: inputs skipped in a row for killing their worker before the build gives up: something kills every input
-CONSECUTIVE_CRASHES = 10
 #: deaths of the workers writing one shard, when no input can be blamed, before the build gives up
 SHARD_DEATHS = 3
 #: seconds the workers are given to close their shards once the build stops early (an error, Ctrl-C)
@@ -109,6 +107,26 @@ def shard_plan(items: Iterable[SourceItem], shard_size: int, count: int | None, 
             index, shard = index + 1, []
     if shard:
         yield index, shard
+
+
+def _shown(items: list[SourceItem]) -> str:
+    return ", ".join(item.file_name for item in items[:3]) + (" ..." if len(items) > 3 else "")
+
+
+@dataclass
+class _Crashes:
+    """Inputs skipped in a row for killing their worker twice: at CONSECUTIVE_CRASHES, something
+    kills every input, and the build stops."""
+
+    workers: int
+    in_a_row: int = 0
+
+    def skip(self, item: SourceItem, how: str) -> Skip:
+        self.in_a_row += 1
+        if self.in_a_row >= CONSECUTIVE_CRASHES:
+            raise BuildError(f"worker processes died on {self.in_a_row} inputs in a row (last: {how}); is there enough memory for --workers {self.workers}?")
+        log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
+        return Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})")
 
 
 def _chunks(items: Iterable[SourceItem], size: int) -> Iterator[list[SourceItem]]:
@@ -178,7 +196,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
     retries: deque[_Task] = deque()  # inputs of broken chunks, run before new chunks
     results = _Results()
     handed_out = next_to_yield = 0
-    crashes_in_a_row = 0
+    crashes = _Crashes(config.workers)
     exhausted = False
 
     def next_task() -> _Task | None:
@@ -204,29 +222,21 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
 
     def died(worker: Worker) -> None:
         """The worker ended: its first task is the one it was working on; the next was not begun."""
-        nonlocal crashes_in_a_row
         task, *waiting = worker.tasks
         worker.tasks.clear()
         how = pool.replace(worker)
         retries.extendleft(reversed(waiting))
         task.deaths += 1
         if task.deaths == 1 or len(task.items) > 1:
-            shown = ", ".join(item.file_name for item in task.items[:3]) + (" ..." if len(task.items) > 3 else "")
-            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, shown)
+            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, _shown(task.items))
             split(task)
             return
-        (item,) = task.items
-        crashes_in_a_row += 1
-        if crashes_in_a_row >= CONSECUTIVE_CRASHES:
-            raise BuildError(f"worker processes died on {crashes_in_a_row} inputs in a row (last: {how}); is there enough memory for --workers {config.workers}?")
-        log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
-        results.add(task, [Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})")])
+        results.add(task, [crashes.skip(task.items[0], how)])
 
     def replied(worker: Worker, status: str, payload: Any) -> None:
-        nonlocal crashes_in_a_row
         task = worker.tasks.popleft()
         if status == "ok":
-            crashes_in_a_row = 0
+            crashes.in_a_row = 0
             results.add(task, payload)
         elif isinstance(payload, AnnotatorLoadError):
             raise payload
@@ -234,12 +244,9 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
             log.warning("a chunk of %d inputs failed (%s: %s); retrying them one by one", len(task.items), type(payload).__name__, payload)
             split(task)
         else:
-            (item,) = task.items
-            message = " ".join(str(payload).split())[:300]
-            results.add(task, [Skip(item.file_name, item.path, f"unexpected error ({type(payload).__name__}: {message})")])
+            results.add(task, [unexpected_skip(task.items[0], payload)])
 
     def hand_out() -> None:
-        nonlocal idle_deaths
         for worker in list(pool.workers):
             while len(worker.tasks) < 2 and (task := next_task()) is not None:
                 try:
@@ -248,15 +255,11 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
                     retries.appendleft(task)
                     if worker.tasks:  # it had work: blame that, as when its death is seen by waiting
                         died(worker)
-                        break
-                    idle_deaths += 1
-                    if idle_deaths > CONSECUTIVE_CRASHES * config.workers:
-                        raise BuildError("worker processes keep dying before they are given any work") from None
-                    log.warning("a worker process died while idle (%s); a new one takes its place", pool.replace(worker))
+                    else:
+                        pool.replace_idle(worker)
                     break
                 worker.tasks.append(task)
 
-    idle_deaths = 0
     completed = False
     try:
         while True:
@@ -266,13 +269,11 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
                 if retries:  # handed back by a worker that died idle
                     continue
                 break  # every chunk was handed out, finished and yielded
-            for worker in answering(busy):
-                try:  # a reply sent before a worker ended is still read
-                    status, payload = worker.connection.recv()
-                except (EOFError, OSError):  # ended, or cut short halfway through its reply
+            for worker, message in received(busy):
+                if message is None:
                     died(worker)
-                    continue
-                replied(worker, status, payload)
+                else:
+                    replied(worker, *message)
             hand_out()  # before the rows are yielded: the workers go on while this process writes them
             while next_to_yield in results.done:
                 result = results.done.pop(next_to_yield)
@@ -323,7 +324,7 @@ def write(
     writing = _Writing(config.output, layout, config.chunk_size())
     plan = shard_plan(items, config.shard_size, count, config.workers, first_index)
     ready: deque[_Shard | _Alone] = deque()  # taken before new shards
-    crashes_in_a_row = idle_deaths = 0
+    crashes = _Crashes(config.workers)
 
     def next_task() -> _Shard | _Alone | None:
         if ready:
@@ -343,24 +344,17 @@ def write(
             ready.appendleft(shard)
 
     def died(worker: Worker) -> None:
-        nonlocal crashes_in_a_row
         task = worker.tasks.popleft()
         how = pool.replace(worker)
         if isinstance(task, _Alone):
-            item = task.item
-            crashes_in_a_row += 1
-            if crashes_in_a_row >= CONSECUTIVE_CRASHES:
-                raise BuildError(f"worker processes died on {crashes_in_a_row} inputs in a row (last: {how}); is there enough memory for --workers {config.workers}?")
-            log.warning("%s: its worker process died again (%s); it is skipped", item.file_name, how)
-            resolve(task, Skip(item.file_name, item.path, f"its worker process died twice while processing it ({how})"))
+            resolve(task, crashes.skip(task.item, how))
             return
         progress(-task.rows, [])
         suspects = [item for item in task.items[task.reported : task.reported + writing.chunk] if item.file_name not in task.given]
         task.items = [item for item in task.items if item.file_name not in task.skipped]
         task.reported = task.rows = 0
         if suspects:
-            shown = ", ".join(item.file_name for item in suspects[:3]) + (" ..." if len(suspects) > 3 else "")
-            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, shown)
+            log.warning("a worker process died (%s) while processing %s; a new worker retries its inputs one by one", how, _shown(suspects))
             task.alone = len(suspects)
             ready.extendleft(reversed([_Alone(task, item) for item in suspects]))
             return
@@ -371,7 +365,6 @@ def write(
         ready.appendleft(task)
 
     def replied(worker: Worker, status: str, payload: Any) -> None:
-        nonlocal crashes_in_a_row
         if status == "progress":
             inputs, rows, skips = payload
             shard = worker.tasks[0]
@@ -382,19 +375,17 @@ def write(
             return
         task = worker.tasks.popleft()
         if status == "ok":
-            crashes_in_a_row = 0
+            crashes.in_a_row = 0
             if isinstance(task, _Alone):
                 resolve(task, payload[0])
             else:
                 finished(payload)
         elif isinstance(task, _Alone) and not isinstance(payload, AnnotatorLoadError):
-            message = " ".join(str(payload).split())[:300]
-            resolve(task, Skip(task.item.file_name, task.item.path, f"unexpected error ({type(payload).__name__}: {message})"))
+            resolve(task, unexpected_skip(task.item, payload))
         else:  # the annotators cannot load, or writing failed (a full disk): the build stops
             raise payload
 
     def hand_out() -> None:
-        nonlocal idle_deaths
         for worker in list(pool.workers):
             if worker.tasks or (task := next_task()) is None:
                 continue
@@ -403,10 +394,7 @@ def write(
                 worker.connection.send(message)
             except OSError:  # it died idle: not this task's fault, which waits for the next worker
                 ready.appendleft(task)
-                idle_deaths += 1
-                if idle_deaths > CONSECUTIVE_CRASHES * config.workers:
-                    raise BuildError("worker processes keep dying before they are given any work") from None
-                log.warning("a worker process died while idle (%s); a new one takes its place", pool.replace(worker))
+                pool.replace_idle(worker)
                 continue
             worker.tasks.append(task)
 
@@ -420,13 +408,11 @@ def write(
                 if ready:  # handed back by a worker that died idle
                     continue
                 break
-            for worker in answering(busy):
-                try:  # a message sent before a worker ended is still read
-                    status, payload = worker.connection.recv()
-                except (EOFError, OSError):  # ended, or cut short halfway through a message
+            for worker, message in received(busy):
+                if message is None:
                     died(worker)
-                    continue
-                replied(worker, status, payload)
+                else:
+                    replied(worker, *message)
         completed = True
     except BaseException:
         _close_early(pool, progress, finished)
@@ -447,17 +433,12 @@ def _close_early(pool: Pool, progress: Callable[[int, list[Skip]], None], finish
     deadline = time.monotonic() + FINISH_SECONDS
     try:
         while writing and (left := deadline - time.monotonic()) > 0:
-            for worker in answering(writing, left):
-                try:
-                    status, payload = worker.connection.recv()
-                except (EOFError, OSError):
-                    writing.remove(worker)
-                    continue
-                if status == "progress":
-                    progress(payload[1], payload[2])
+            for worker, message in received(writing, left):
+                if message is not None and message[0] == "progress":
+                    progress(message[1][1], message[1][2])
                     continue
                 writing.remove(worker)
-                if status == "ok" and isinstance(payload, ShardSummary):
-                    finished(payload)
+                if message is not None and message[0] == "ok" and isinstance(message[1], ShardSummary):
+                    finished(message[1])
     except Exception:  # what fails now (a full disk) is not what stopped the build, which is raised
         log.debug("closing the shards early failed", exc_info=True)

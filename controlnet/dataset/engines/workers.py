@@ -11,24 +11,30 @@ builder handles, and end when the builder does, even when it is killed.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cv2
 
+from controlnet.dataset.config import BuildError
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline
 
-__all__ = ["FINISH", "Pool", "Worker", "answering", "pipeline", "setting"]
+__all__ = ["CONSECUTIVE_CRASHES", "FINISH", "Pool", "Worker", "pipeline", "received", "setting"]
+
+log = logging.getLogger("controlnet.dataset")
 
 #: what the builder sends a worker writing a shard to have it closed after the chunk in hand
 FINISH = "finish"
+#: deaths in a row (of workers with an input, or idle ones per worker) before the build gives up
+CONSECUTIVE_CRASHES = 10
 
 
 _PIPELINE: Pipeline | None = None
@@ -148,6 +154,7 @@ class Pool:
         self.function = function
         self.initargs = (args, annotate, os.getpid(), setting)
         self.workers = [self._start() for _ in range(size)]
+        self.idle_deaths = 0
 
     def _start(self) -> Worker:
         ours, theirs = self.context.Pipe()
@@ -173,6 +180,14 @@ class Pool:
         self.workers[self.workers.index(worker)] = self._start()
         return how
 
+    def replace_idle(self, worker: Worker) -> None:
+        """A worker found dead when it was sent a task: not that task's fault. Replace it, unless
+        workers keep dying before they are given any work."""
+        self.idle_deaths += 1
+        if self.idle_deaths > CONSECUTIVE_CRASHES * len(self.workers):
+            raise BuildError("worker processes keep dying before they are given any work") from None
+        log.warning("a worker process died while idle (%s); a new one takes its place", self.replace(worker))
+
     def stop(self, kill: bool) -> None:
         for worker in self.workers:
             if not kill:
@@ -190,7 +205,13 @@ class Pool:
 
 
 
-def answering(busy: list[Worker], timeout: float | None = None) -> list[Worker]:
-    """The workers of ``busy`` that sent something or ended."""
+def received(busy: list[Worker], timeout: float | None = None) -> Iterator[tuple[Worker, tuple[str, Any] | None]]:
+    """A message from each worker of ``busy`` that sent one, or None for each that ended (a message
+    sent before a worker ended is still read; one cut short halfway is not)."""
     ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout))
-    return [worker for worker in busy if worker.connection in ready or worker.process.sentinel in ready]
+    for worker in busy:
+        if worker.connection in ready or worker.process.sentinel in ready:
+            try:
+                yield worker, worker.connection.recv()
+            except (EOFError, OSError):
+                yield worker, None

@@ -347,6 +347,28 @@ def test_workers_writing_shards_keep_the_rows_in_hand_when_the_build_is_interrup
     assert_committed_work_usable(output)
 
 
+def test_a_worker_that_dies_decoding_for_a_central_annotator_costs_one_input(pngs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an annotator in this process (an accelerator's place), the workers only decode: one
+    that dies on 04b.png, every time, has its chunk retried input by input, and 04b.png is skipped."""
+    from controlnet.dataset.pipeline import Pipeline
+
+    faults.write_magenta(pngs / "04b.png")
+    prepare = Pipeline.guarded_prepare
+
+    def dies_on_04b(self: Pipeline, item: SourceItem) -> Any:
+        if item.file_name == "04b.png":
+            os.kill(os.getpid(), 9)
+        return prepare(self, item)
+
+    monkeypatch.setattr(Pipeline, "guarded_prepare", dies_on_04b)  # forked workers inherit it
+    output = tmp_path / "ds"
+    result = build(config(pngs, output, resolution=64, workers=2, central=True, batch_size=3))
+    assert names(output) == [f"{i:02d}.png" for i in range(10)]
+    assert skipped(output)["04b.png"].startswith("its worker process died twice while processing it (process ")
+    assert result.skip_kinds == {"crashed its worker": 1}
+    assert_committed_work_usable(output)
+
+
 def test_a_worker_that_cannot_write_stops_the_build_in_one_line(pngs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk met by the workers writing the shards (each forked with its own copy of the
     injected disk): the first one's error stops the build, as when this process writes."""
