@@ -90,7 +90,13 @@ RESOLUTION = 512
 
 _RUNNER = """
 import importlib, json, resource, sys, time
-import cli.annotate, pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
+import cli.annotate
+try:  # as cn-annotate's main() does, before pyarrow is imported below (a baseline may predate it)
+    from controlnet.dataset.shards import prefer_system_allocator
+    prefer_system_allocator()
+except ImportError:
+    pass
+import pandas, pyarrow.parquet  # imports excluded from the time (pyarrow loads pandas)
 for name in ("controlnet.dataset.build", "controlnet.dataset.card", "controlnet.dataset.sources", "controlnet.build", "controlnet.card", "controlnet.sources",
              "typer._adapters", "yaml", "filelock"):  # the last three: imported on first use by typer (pydantic) and the card
     try:  # the builder's modules, in this checkout's layout or in a baseline's older one

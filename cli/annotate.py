@@ -36,6 +36,7 @@ from annotators.image import ImageError, encode_png, load_image, resize_image
 from annotators.weights import WeightsNotFoundError
 from cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail
 from cli.options import Command, Group, config_parameters, given_values
+from controlnet.dataset.shards import prefer_system_allocator
 from controlnet.dataset.sources import IMAGE_SUFFIXES
 
 EXIT_INTERRUPTED = 130
@@ -405,6 +406,7 @@ def push(
 
 
 def main() -> None:
+    prefer_system_allocator()  # before anything imports pyarrow
     app()
 
 

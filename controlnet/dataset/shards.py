@@ -29,9 +29,23 @@ from controlnet.dataset.layout import DATA_DIR, Layout, shard_name
 from controlnet.dataset.pipeline import Row, Skip, skip_kind
 from controlnet.dataset.resume import PREVIEW_ROWS
 
-__all__ = ["ShardSummary", "ShardWriter", "SkipLog", "fsync_folder", "preview_of", "write_shard"]
+__all__ = ["ShardSummary", "ShardWriter", "SkipLog", "fsync_folder", "prefer_system_allocator", "preview_of", "write_shard"]
 
 log = logging.getLogger("controlnet.dataset")
+
+
+def prefer_system_allocator() -> None:
+    """Have Arrow allocate from the C library (glibc's malloc) rather than its default, mimalloc,
+    unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise. Arrow reads that variable once, when it is
+    first imported, so this only helps before then: ``cn-annotate`` calls it as it starts.
+
+    Why: glibc keeps the memory that Arrow frees after each row group (megabytes) for the next
+    images' arrays, where otherwise it hands the top of its heap back to the system and takes a page
+    fault for each page of every image again. Measured on 1500 photos (docs/throughput.md): 50
+    thousand page faults instead of 330 thousand with one worker, 3% to 6% faster with one or two
+    workers, and lower peak memory. Parquet's writer allocates from the default pool whatever pool
+    it is given, so the default itself has to change."""
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 def fsync_folder(folder: Path) -> None:

@@ -168,3 +168,28 @@ def test_missing_weights_is_one_clear_line_offline(photo_file: Path, tmp_path: P
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1, result.output
     assert "ControlNetHED.pth" in lines[0] and "CN_ANNOTATE_WEIGHTS" in lines[0] and "--weights" in lines[0]
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_builds_use_the_system_allocator_unless_told_otherwise(preset: str | None, expected: str) -> None:
+    # The builder's Parquet writing is faster with it (docs/throughput.md); it must be chosen
+    # before pyarrow is first imported, hence a fresh process, and a user's own choice is kept.
+    env = {key: value for key, value in os.environ.items() if key != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    script = textwrap.dedent(
+        """
+        import sys
+        import cli.annotate
+        sys.argv = ["cn-annotate", "--help"]
+        try:
+            cli.annotate.main()
+        except SystemExit:
+            pass
+        import pyarrow
+        print("POOL", pyarrow.default_memory_pool().backend_name)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"POOL {expected}" in done.stdout.splitlines()
