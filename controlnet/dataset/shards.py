@@ -42,9 +42,9 @@ def prefer_system_allocator() -> None:
     Why: glibc keeps the memory that Arrow frees after each row group (megabytes) for the next
     images' arrays, where otherwise it hands the top of its heap back to the system and takes a page
     fault for each page of every image again. Measured on 1500 photos (docs/throughput.md): 50
-    thousand page faults instead of 330 thousand with one worker, 3% to 6% faster with one or two
-    workers, and lower peak memory. Parquet's writer allocates from the default pool whatever pool
-    it is given, so the default itself has to change."""
+    thousand page faults instead of 330 thousand with one worker, about 4% faster, and lower peak
+    memory. Parquet's writer allocates from the default pool whatever pool it is given, so the
+    default itself has to change."""
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
