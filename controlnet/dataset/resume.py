@@ -74,9 +74,15 @@ def check_output(output: Path) -> None:
     maybe one in progress that has not written its ``build.json`` yet."""
     if output.exists() and not output.is_dir():
         raise BuildError(f"{output} is a file; the output of a dataset build is a folder")
+    if not output.is_dir():
+        return
+    # Listed before the lock is looked for: a build creates its lock file before anything else in the
+    # folder and never deletes it, so whatever a build that starts meanwhile (the same command run
+    # twice at once) has put in the listing, its lock is found below.
+    entries = list(output.iterdir())
     if (output / LOCK_FILE).exists():
         return
-    if output.is_dir() and any(output.iterdir()) and not (output / BUILD_FILE).is_file():
+    if entries and not (output / BUILD_FILE).is_file():
         raise BuildError(f"{output} is not empty and holds no cn-annotate dataset ({BUILD_FILE} is missing); choose a new or empty folder")
 
 

@@ -247,6 +247,28 @@ def test_a_build_holding_the_folder_refuses_a_second_one(pngs: Path, tmp_path: P
     assert build(config(pngs, output, resolution=64)).rows == 10  # released when its process ended
 
 
+def test_a_build_starting_in_the_same_folder_meanwhile_is_not_taken_for_foreign_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same command run twice at once: the first creates the folder and its lock file just as
+    the second looks at it. The second must go on to the lock (and wait its turn or be told the
+    folder is in use), not call the folder someone else's."""
+    from controlnet.dataset import resume
+    from controlnet.dataset.layout import LOCK_FILE
+
+    output = tmp_path / "ds"
+    output.mkdir()
+    listed = Path.iterdir
+
+    def the_other_build_starts_first(folder: Path) -> Iterator[Path]:
+        if folder == output and not (output / LOCK_FILE).exists():
+            (output / LOCK_FILE).write_text("12345\n")
+            (output / ".build.json.tmp").write_text("{}")
+        return listed(folder)
+
+    monkeypatch.setattr(Path, "iterdir", the_other_build_starts_first)
+    resume.check_output(output)  # no BuildError: the lock is found once the folder is listed
+    assert (output / LOCK_FILE).exists()
+
+
 def test_no_lock_file_is_left_in_a_folder_that_is_refused(pngs: Path, tmp_path: Path) -> None:
     foreign = tmp_path / "foreign"
     foreign.mkdir()
