@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 
 from controlnet.dataset.config import BuildConfig, BuildError
-from controlnet.dataset.engines.workers import CONSECUTIVE_CRASHES, FINISH, Pool, Worker, pipeline, received, setting
+from controlnet.dataset.engines.workers import CONSECUTIVE_CRASHES, FINISH, Pool, Worker, dispatch, pipeline, received, setting
 from controlnet.dataset.layout import Layout
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline, Prepared, Row, Skip, unexpected_skip
 from controlnet.dataset.shards import ShardSummary, write_shard
@@ -269,11 +269,7 @@ def run(config: BuildConfig, items: Iterable[SourceItem]) -> Iterator[list[Row |
                 if retries:  # handed back by a worker that died idle
                     continue
                 break  # every chunk was handed out, finished and yielded
-            for worker, message in received(busy):
-                if message is None:
-                    died(worker)
-                else:
-                    replied(worker, *message)
+            dispatch(busy, died, replied)
             hand_out()  # before the rows are yielded: the workers go on while this process writes them
             while next_to_yield in results.done:
                 result = results.done.pop(next_to_yield)
@@ -408,11 +404,7 @@ def write(
                 if ready:  # handed back by a worker that died idle
                     continue
                 break
-            for worker, message in received(busy):
-                if message is None:
-                    died(worker)
-                else:
-                    replied(worker, *message)
+            dispatch(busy, died, replied)
         completed = True
     except BaseException:
         _close_early(pool, progress, finished)

@@ -4,7 +4,7 @@ A worker runs its pool's ``function(task, connection)`` on each task sent to it,
 answers ``("ok", result)`` or ``("error", exception)``; the function may send messages of its own
 before that (progress). A worker that dies (the out-of-memory killer, a crash in a native library),
 even halfway through sending a message, is seen at once: its pipe ends and its process sentinel is
-ready (:func:`answering`). ``multiprocessing.Pool`` waits forever for a dead worker's task, and
+ready (:func:`received`). ``multiprocessing.Pool`` waits forever for a dead worker's task, and
 ``concurrent.futures`` can block reading a result cut short. Workers ignore Ctrl-C, which the
 builder handles, and end when the builder does, even when it is killed.
 """
@@ -27,7 +27,7 @@ import cv2
 from controlnet.dataset.config import BuildError
 from controlnet.dataset.pipeline import AnnotatorLoadError, Pipeline
 
-__all__ = ["CONSECUTIVE_CRASHES", "FINISH", "Pool", "Worker", "pipeline", "received", "setting"]
+__all__ = ["CONSECUTIVE_CRASHES", "FINISH", "Pool", "Worker", "dispatch", "pipeline", "received", "setting"]
 
 log = logging.getLogger("controlnet.dataset")
 
@@ -83,8 +83,6 @@ def setting() -> Any:
     return _SETTING
 
 
-
-
 def _serve(connection: Connection, function: Callable[[Any, Connection], Any], initargs: tuple[Any, ...]) -> None:
     """A worker's loop: tasks in, ``("ok", result)`` or ``("error", exception)`` out, in order, until
     the pipe closes or None comes."""
@@ -120,8 +118,6 @@ def _serve(connection: Connection, function: Callable[[Any, Connection], Any], i
             connection.send(("error", RuntimeError(f"the result cannot be sent back ({type(err).__name__}: {err})")))
 
 
-
-
 def _how(exitcode: int | None) -> str:
     if exitcode is None:
         return "its pipe closed"
@@ -133,15 +129,11 @@ def _how(exitcode: int | None) -> str:
     return f"exited with status {exitcode}"
 
 
-
-
 @dataclass
 class Worker:
     process: Any
     connection: Connection
     tasks: deque[Any] = field(default_factory=deque)  # sent and not answered, in order: the first is in progress
-
-
 
 
 class Pool:
@@ -203,8 +195,6 @@ class Pool:
                 worker.process.join()
 
 
-
-
 def received(busy: list[Worker], timeout: float | None = None) -> Iterator[tuple[Worker, tuple[str, Any] | None]]:
     """A message from each worker of ``busy`` that sent one, or None for each that ended (a message
     sent before a worker ended is still read; one cut short halfway is not)."""
@@ -215,3 +205,13 @@ def received(busy: list[Worker], timeout: float | None = None) -> Iterator[tuple
                 yield worker, worker.connection.recv()
             except (EOFError, OSError):
                 yield worker, None
+
+
+def dispatch(busy: list[Worker], died: Callable[[Worker], None], replied: Callable[[Worker, str, Any], None]) -> None:
+    """Wait for the workers of ``busy``; hand each message to ``replied(worker, status, payload)``
+    and each death to ``died(worker)``."""
+    for worker, message in received(busy):
+        if message is None:
+            died(worker)
+        else:
+            replied(worker, *message)
